@@ -1,0 +1,1 @@
+"""parazoo.arch: mixers, blocks, the language model and structures."""

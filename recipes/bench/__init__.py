@@ -1,0 +1,1 @@
+"""Benchmark scripts behind ``parazoo bench <name>``; each module has ``main(argv)``."""

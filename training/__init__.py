@@ -1,0 +1,1 @@
+"""parazoo.training: Lightning module, data modules, callbacks, loggers and the train CLI."""
