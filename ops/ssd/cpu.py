@@ -1,0 +1,90 @@
+"""Mamba-2 SSD, chunked algorithm in plain torch (the fast CPU path; also runs on CUDA tensors).
+
+Per chunk of Q positions (in-chunk index i, j; a_t = dt'_t A; s_i = a_0 + ... + a_i, a cumulative
+sum restarted at every chunk):
+
+    intra:   Y_i  = sum_{j<=i} exp(s_i - s_j) (C_i . B_j) dt'_j x_j          masked matmul (C B^T * L) X
+    states:  S_c  = sum_j exp(s_{Q-1} - s_j) dt'_j x_j B_j^T                 (P, N) per head
+    passing: H_{c+1} = exp(s_{Q-1}) H_c + S_c,   H_0 = initial state          sequential over chunks only
+    inter:   Y_i += exp(s_i) H_c C_i
+    output:  y = (Y + D x) * silu(z)
+
+exp(s_i - s_j) is taken only where i >= j (the difference is masked to -inf before exp), so no
+exp of a large positive number is ever formed. Matmul-heavy, so plain torch is right here;
+gradients come from autograd through these chunk-vectorised ops (the only Python loop is the
+state pass over chunks, never over time). Peak memory is O(L * Q * H): it grows with the chunk.
+Accumulation is float32 (float64 for float64 inputs).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .layout import ChunkLayout
+
+__all__ = ["ssd_chunked", "compute_dtype"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def ssd_chunked(x, dtp, A, B, C, D, z, initial_states, layout: ChunkLayout):
+    """x: (b, L, H, P); dtp: (b, L, H) preprocessed dt'; A: (H,); B, C: (b, L, G, N);
+    D: (H,) | (H, P) | None; z: (b, L, H, P) | None; initial_states: (n_seqs, H, P, N) | None.
+    Returns y (b, L, H, P) in x.dtype and final states (n_seqs, H, P, N) in the compute dtype."""
+    S, Cs, Q = layout.S, layout.Cs, layout.Q
+    H, P = x.shape[2], x.shape[3]
+    G, N = B.shape[2], B.shape[3]
+    R = H // G
+    cdt = compute_dtype(x.dtype)
+    xq = layout.pack(x.to(cdt)).reshape(S, Cs, Q, G, R, P)
+    dtq = layout.pack(dtp.to(cdt)).reshape(S, Cs, Q, G, R)
+    Bq = layout.pack(B.to(cdt)).reshape(S, Cs, Q, G, N)
+    Cq = layout.pack(C.to(cdt)).reshape(S, Cs, Q, G, N)
+    acum = (dtq * A.to(cdt).view(G, R)).cumsum(2)                          # (S, Cs, Q, G, R)
+
+    # intra-chunk: (C B^T * decay mask * dt_j) X
+    CB = torch.einsum("scign,scjgn->scgij", Cq, Bq)                         # (S, Cs, G, Q, Q)
+    s_t = acum.permute(0, 1, 3, 4, 2)                                       # (S, Cs, G, R, Q)
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    seg = (s_t[..., :, None] - s_t[..., None, :]).masked_fill(~causal, float("-inf"))
+    dt_j = dtq.permute(0, 1, 3, 4, 2)[..., None, :]                         # (S, Cs, G, R, 1, Q)
+    M = CB[:, :, :, None] * torch.exp(seg) * dt_j                           # (S, Cs, G, R, Q, Q)
+    y = torch.einsum("scgrij,scjgrp->scigrp", M, xq)                        # (S, Cs, Q, G, R, P)
+
+    # per-chunk states: B^T X weighted by the decay to the chunk end
+    w_end = torch.exp(acum[:, :, -1:] - acum) * dtq                         # (S, Cs, Q, G, R)
+    states = torch.einsum("scjgn,scjgrp->scgrpn", Bq, xq * w_end[..., None])  # (S, Cs, G, R, P, N)
+
+    # sequential pass over chunk states (resets at sequence starts)
+    chunk_decay = torch.exp(acum[:, :, -1])[..., None, None]                # (S, Cs, G, R, 1, 1)
+    init = None if initial_states is None else initial_states.to(cdt).reshape(-1, G, R, P, N)
+    start_at, end_at = {}, {}
+    for s, c in layout.starts:
+        start_at.setdefault(c, []).append(s)
+    for k, (s, c) in enumerate(layout.ends):
+        end_at.setdefault(c, []).append((s, k))
+    h = x.new_zeros((S, G, R, P, N), dtype=cdt)
+    h_in, finals = [], [None] * layout.n_seqs
+    for c in range(Cs):
+        if c in start_at:
+            fresh = torch.zeros(S, dtype=torch.bool, device=x.device)
+            fresh[start_at[c]] = True
+            new = torch.zeros_like(h) if init is None else init[layout.chunk_seq[:, c].long()]
+            h = torch.where(fresh.view(S, 1, 1, 1, 1), new, h)
+        h_in.append(h)
+        h = chunk_decay[:, c] * h + states[:, c]
+        for s, k in end_at.get(c, ()):
+            finals[k] = h[s]
+    H_in = torch.stack(h_in, 1)                                             # (S, Cs, G, R, P, N)
+
+    # inter-chunk: exp(s_i) H_c C_i
+    y = y + torch.einsum("scign,scgrpn->scigrp", Cq, H_in) * torch.exp(acum)[..., None]
+    y = layout.unpack(y.reshape(S, Cs * Q, H, P))                           # (b, L, H, P)
+    if D is not None:
+        y = y + (D[:, None] if D.dim() == 1 else D).to(cdt) * x.to(cdt)
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    final = torch.stack(finals, 0).reshape(layout.n_seqs, H, P, N)
+    return y.to(x.dtype), final
