@@ -6,7 +6,8 @@ Pairing: ``interleaved=False`` pairs channel i with i + D/2 (Llama/GPT-NeoX, HF 
 ``interleaved=True`` pairs 2i with 2i+1 (RoFormer, RetNet/torchscale).
 Frequencies: ``freqs="power"``: theta_i = base^(-2i/D) (Llama); ``freqs="linspace"``:
 theta = base^(-linspace(0, 1, D/2)) (RetNet, ANCHORS.md).
-Only the first ``rotary_dim`` channels rotate (partial rotary); angles are computed in float32.
+Only the first ``rotary_dim`` channels rotate (partial rotary); angles are computed in float32
+(float64 for float64 inputs).
 """
 from __future__ import annotations
 
@@ -30,15 +31,24 @@ class RotaryEmbedding(nn.Module):
         else:
             raise ValueError(f"RotaryEmbedding: freqs must be 'power' or 'linspace', got {freqs!r}")
         self.dim, self.rotary_dim, self.interleaved = dim, rd, interleaved
-        self.register_buffer("inv_freq", inv.float(), persistent=False)
+        # kept in float64 outside the module's buffers so that .to(bfloat16) never rounds it
+        self._inv_freq64 = inv
+        self._cache: dict = {}
+
+    def inv_freq(self, device, dtype) -> torch.Tensor:
+        key = (str(device), dtype)
+        if key not in self._cache:
+            self._cache[key] = self._inv_freq64.to(device=device, dtype=dtype)
+        return self._cache[key]
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """x: (B, T, H, D) at positions offset .. offset+T-1. Returns the rotated x, same dtype."""
         T = x.shape[1]
-        pos = torch.arange(offset, offset + T, device=x.device, dtype=torch.float32)
-        ang = pos[:, None] * self.inv_freq.to(x.device)[None, :]  # (T, rd/2)
+        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        pos = torch.arange(offset, offset + T, device=x.device, dtype=cdt)
+        ang = pos[:, None] * self.inv_freq(x.device, cdt)[None, :]  # (T, rd/2)
         cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]  # (1, T, 1, rd/2)
-        xr, xp = x[..., : self.rotary_dim].float(), x[..., self.rotary_dim:]
+        xr, xp = x[..., : self.rotary_dim].to(cdt), x[..., self.rotary_dim:]
         if self.interleaved:
             a, b = xr[..., 0::2], xr[..., 1::2]
             out = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
