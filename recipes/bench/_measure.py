@@ -1,0 +1,72 @@
+"""Shared measurement helpers for the benchmark scripts: wall time (median of repeats after a
+warm-up, synchronising CUDA) and peak extra memory (CUDA allocator peak, or on CPU the growth of
+the process's peak RSS during the first call, measured in a fresh subprocess per case)."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+__all__ = ["time_call", "rss_bytes", "peak_rss_bytes", "run_isolated", "markdown_table"]
+
+
+def _sync(device=None):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_call(fn, repeats: int = 5, warmup: int = 1, budget_s: float = 20.0) -> float:
+    """Median seconds of fn() over up to ``repeats`` runs (fewer when one run is slow)."""
+    for _ in range(warmup):
+        fn()
+    _sync()
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r * 1024 if sys.platform != "darwin" else r
+
+
+def run_isolated(module: str, func: str, payload: dict, timeout: float = 3600) -> dict:
+    """Run ``module.func(payload) -> dict`` in a fresh interpreter (clean peak-RSS counter)."""
+    code = (f"import json, sys; from {module} import {func} as f; "
+            f"print('@@RESULT@@' + json.dumps(f(json.loads(sys.stdin.read()))))")
+    r = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True, text=True,
+                       timeout=timeout)
+    for line in r.stdout.splitlines():
+        if line.startswith("@@RESULT@@"):
+            return json.loads(line[len("@@RESULT@@"):])
+    return {"error": (r.stderr or r.stdout)[-2000:].strip() or f"exit code {r.returncode}"}
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """columns: (key, header). Missing values print as '-'."""
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join("-" if r.get(k) is None else str(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
