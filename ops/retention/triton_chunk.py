@@ -1,0 +1,279 @@
+"""Chunked retention in Triton: forward (chunk_h, chunk_o) and backward (chunk_dh, chunk_dqkv).
+
+Equations (see cpu_chunk.py for the derivation), chunk length BT, in-chunk index j, L_i the length
+of chunk i, gamma = gamma_h, Q scaled by ``scale``, H_i the state before chunk i:
+
+    chunk_h:    H_{i+1} = gamma^{L_i} H_i + K_[i]^T (V_[i] * gamma^{L_i-1-j})
+    chunk_o:    O_[i]   = (Q_[i] * gamma^{j+1}) H_i + (Q_[i] K_[i]^T * D) V_[i]
+    chunk_dh:   dH_i    = gamma^{L_i} dH_{i+1} + (Q_[i] * gamma^{j+1})^T dO_[i]   (i = N-1..0)
+    chunk_dqkv: dQ_[i] = scale [ (dO_[i] H_i^T) * gamma^{j+1} + (dO_[i] V_[i]^T * D) K_[i] ]
+                dK_[i] = (V_[i] dH_{i+1}^T) * gamma^{L_i-1-j} + (dO_[i] V_[i]^T * D)^T Q_[i]
+                dV_[i] = (K_[i] dH_{i+1}) * gamma^{L_i-1-j} + (Q_[i] K_[i]^T * D)^T dO_[i]
+
+Organisation: chunk_h and chunk_dh run one program per (K block, V block, batch*head) with a
+sequential loop over chunks (the reverse one by index arithmetic), writing the state at every
+chunk boundary (B*H, N, K, V); chunk_o runs one program per (V block, chunk, batch*head);
+chunk_dqkv one per (K block, chunk, batch*head), looping over V blocks, with dV summed over the K
+blocks afterwards (it is linear in the K-reduction). All accumulation is float32 (float64 for
+float64 inputs); every power of gamma has a non-negative exponent.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton_aot import AotSpec
+from .common import acc_dtype, log_decay
+from .triton_common import load_rows, load_rows_t, tile
+
+__all__ = ["chunk_fwd", "chunk_bwd", "parallel_fwd", "parallel_bwd", "AOT_SPECS"]
+
+
+@triton.jit
+def _decay_mask(lg, BT: tl.constexpr):
+    """D (BT, BT): gamma^(n-m) for n >= m, else 0 (exp(-inf))."""
+    j = tl.arange(0, BT)
+    diff = (j[:, None] - j[None, :]).to(lg.dtype)
+    return tl.exp(tl.where(j[:, None] >= j[None, :], diff * lg, float("-inf")))
+
+
+@triton.jit
+def _chunk_h_fwd_kernel(k, v, h0, ht, hs, log_gamma, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                        NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        USE_H0: tl.constexpr, STORE_HT: tl.constexpr):
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    lg = tl.load(log_gamma + i_h)
+    acc_ty = lg.dtype
+    rk = i_k * BK + tl.arange(0, BK)
+    rv = i_v * BV + tl.arange(0, BV)
+    kv_off = rk[:, None] * V + rv[None, :]
+    kv_mask = (rk[:, None] < K) & (rv[None, :] < V)
+    k_base = k + (i_b * T * H + i_h) * K
+    v_base = v + (i_b * T * H + i_h) * V
+    j = tl.arange(0, BT)
+    state = tl.zeros([BK, BV], dtype=acc_ty)                                  # H_0 (BK, BV)
+    if USE_H0:
+        state += tl.load(h0 + i_bh * K * V + kv_off, mask=kv_mask, other=0.0).to(acc_ty)
+    for i_t in range(NT):
+        tl.store(hs + (i_bh * NT + i_t) * K * V + kv_off, state.to(hs.dtype.element_ty), mask=kv_mask)
+        L = tl.minimum(BT, T - i_t * BT)
+        kt = load_rows_t(k_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)      # (BK, BT)
+        vt = load_rows(v_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)        # (BT, BV)
+        k_dec = tl.exp(tl.where(j < L, (L - 1 - j).to(acc_ty) * lg, float("-inf")))
+        vt = (vt.to(acc_ty) * k_dec[:, None]).to(kt.dtype)
+        state = state * tl.exp(L.to(acc_ty) * lg) + tl.dot(kt, vt, input_precision="ieee", out_dtype=acc_ty)
+    if STORE_HT:
+        tl.store(ht + i_bh * K * V + kv_off, state.to(ht.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _chunk_o_fwd_kernel(q, k, v, hs, o, log_gamma, scale, T, H: tl.constexpr, K: tl.constexpr,
+                        V: tl.constexpr, NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    lg = tl.load(log_gamma + i_h)
+    acc_ty = lg.dtype
+    q_base = q + (i_b * T * H + i_h) * K
+    k_base = k + (i_b * T * H + i_h) * K
+    v_base = v + (i_b * T * H + i_h) * V
+    rv = i_v * BV + tl.arange(0, BV)
+    acc_o = tl.zeros([BT, BV], dtype=acc_ty)                                  # Q H_i
+    s = tl.zeros([BT, BT], dtype=acc_ty)                                      # Q K^T
+    for i_k in range(tl.cdiv(K, BK)):
+        rk = i_k * BK + tl.arange(0, BK)
+        qt = load_rows(q_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)        # (BT, BK)
+        kt = load_rows_t(k_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)      # (BK, BT)
+        h = tl.load(hs + (i_bh * NT + i_t) * K * V + rk[:, None] * V + rv[None, :],
+                    mask=(rk[:, None] < K) & (rv[None, :] < V), other=0.0)   # (BK, BV)
+        acc_o += tl.dot(qt, h.to(qt.dtype), input_precision="ieee", out_dtype=acc_ty)
+        s += tl.dot(qt, kt, input_precision="ieee", out_dtype=acc_ty)
+    j = tl.arange(0, BT)
+    q_dec = tl.exp((j + 1).to(acc_ty) * lg)
+    vt = load_rows(v_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)            # (BT, BV)
+    s = s * _decay_mask(lg, BT)
+    out = acc_o * q_dec[:, None] + tl.dot(s.to(vt.dtype), vt, input_precision="ieee", out_dtype=acc_ty)
+    out = out * scale
+    rt = i_t * BT + j
+    o_base = o + (i_b * T * H + i_h) * V
+    tl.store(o_base + rt[:, None] * (H * V) + rv[None, :], out.to(o.dtype.element_ty),
+             mask=(rt[:, None] < T) & (rv[None, :] < V))
+
+
+@triton.jit
+def _chunk_dh_kernel(q, do, dht, dh0, dhs, log_gamma, scale, T, H: tl.constexpr, K: tl.constexpr,
+                     V: tl.constexpr, NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr):
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    lg = tl.load(log_gamma + i_h)
+    acc_ty = lg.dtype
+    rk = i_k * BK + tl.arange(0, BK)
+    rv = i_v * BV + tl.arange(0, BV)
+    kv_off = rk[:, None] * V + rv[None, :]
+    kv_mask = (rk[:, None] < K) & (rv[None, :] < V)
+    q_base = q + (i_b * T * H + i_h) * K
+    do_base = do + (i_b * T * H + i_h) * V
+    j = tl.arange(0, BT)
+    q_dec = tl.exp((j + 1).to(acc_ty) * lg) * scale
+    dstate = tl.zeros([BK, BV], dtype=acc_ty)                                 # dH_N (BK, BV)
+    if USE_DHT:
+        dstate += tl.load(dht + i_bh * K * V + kv_off, mask=kv_mask, other=0.0).to(acc_ty)
+    for i_rev in range(NT):
+        i_t = NT - 1 - i_rev                                                  # reverse by index
+        tl.store(dhs + (i_bh * NT + i_t) * K * V + kv_off, dstate.to(dhs.dtype.element_ty), mask=kv_mask)
+        L = tl.minimum(BT, T - i_t * BT)
+        qt = load_rows_t(q_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)      # (BK, BT)
+        qt = (qt.to(acc_ty) * q_dec[None, :]).to(qt.dtype)
+        dot_ = load_rows(do_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)     # (BT, BV)
+        dstate = dstate * tl.exp(L.to(acc_ty) * lg) + tl.dot(qt, dot_, input_precision="ieee", out_dtype=acc_ty)
+    if STORE_DH0:
+        tl.store(dh0 + i_bh * K * V + kv_off, dstate.to(dh0.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _chunk_dqkv_kernel(q, k, v, hs, dhs, do, dq, dk, dv_part, log_gamma, scale, T, B, H: tl.constexpr,
+                       K: tl.constexpr, V: tl.constexpr, NT, BT: tl.constexpr, BK: tl.constexpr,
+                       BV: tl.constexpr):
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    lg = tl.load(log_gamma + i_h)
+    acc_ty = lg.dtype
+    j = tl.arange(0, BT)
+    L = tl.minimum(BT, T - i_t * BT)
+    q_dec = tl.exp((j + 1).to(acc_ty) * lg)
+    k_dec = tl.exp(tl.where(j < L, (L - 1 - j).to(acc_ty) * lg, float("-inf")))
+    D = _decay_mask(lg, BT)
+    qk_base = (i_b * T * H + i_h) * K
+    vv_base = (i_b * T * H + i_h) * V
+    rk = i_k * BK + tl.arange(0, BK)
+    qt = load_rows(q + qk_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)       # (BT, BK)
+    qt = (qt.to(acc_ty) * scale).to(qt.dtype)
+    kt = load_rows(k + qk_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)       # (BT, BK)
+    sD = tl.dot(qt, tl.trans(kt), input_precision="ieee", out_dtype=acc_ty) * D  # (BT, BT), this K block
+    sD_t = tl.trans(sD).to(kt.dtype)
+    ds = tl.zeros([BT, BT], dtype=acc_ty)                                     # dO V^T
+    dq_acc = tl.zeros([BT, BK], dtype=acc_ty)                                 # dO H_i^T
+    dk_acc = tl.zeros([BT, BK], dtype=acc_ty)                                 # V dH_{i+1}^T
+    st_off = (i_bh * NT + i_t) * K * V
+    rt = i_t * BT + j
+    for i_v in range(tl.cdiv(V, BV)):
+        rv = i_v * BV + tl.arange(0, BV)
+        kv_off = rk[:, None] * V + rv[None, :]
+        kv_mask = (rk[:, None] < K) & (rv[None, :] < V)
+        vt = load_rows(v + vv_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)  # (BT, BV)
+        dot_ = load_rows(do + vv_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)
+        h = tl.load(hs + st_off + kv_off, mask=kv_mask, other=0.0).to(vt.dtype)     # (BK, BV)
+        dh = tl.load(dhs + st_off + kv_off, mask=kv_mask, other=0.0).to(vt.dtype)   # (BK, BV)
+        ds += tl.dot(dot_, tl.trans(vt), input_precision="ieee", out_dtype=acc_ty)
+        dq_acc += tl.dot(dot_, tl.trans(h), input_precision="ieee", out_dtype=acc_ty)
+        dk_acc += tl.dot(vt, tl.trans(dh), input_precision="ieee", out_dtype=acc_ty)
+        dv = tl.dot(kt, dh, input_precision="ieee", out_dtype=acc_ty) * k_dec[:, None]
+        dv += tl.dot(sD_t, dot_, input_precision="ieee", out_dtype=acc_ty)
+        dv_base = dv_part + ((i_k * B + i_b) * T * H + i_h) * V
+        tl.store(dv_base + rt[:, None] * (H * V) + rv[None, :], dv.to(dv_part.dtype.element_ty),
+                 mask=(rt[:, None] < T) & (rv[None, :] < V))
+    dsD = ds * D
+    dq_t = (dq_acc * q_dec[:, None] + tl.dot(dsD.to(kt.dtype), kt, input_precision="ieee", out_dtype=acc_ty)) * scale
+    dk_t = dk_acc * k_dec[:, None] + tl.dot(tl.trans(dsD).to(qt.dtype), qt, input_precision="ieee", out_dtype=acc_ty)
+    out_mask = (rt[:, None] < T) & (rk[None, :] < K)
+    out_off = rt[:, None] * (H * K) + rk[None, :]
+    tl.store(dq + qk_base + out_off, dq_t.to(dq.dtype.element_ty), mask=out_mask)
+    tl.store(dk + qk_base + out_off, dk_t.to(dk.dtype.element_ty), mask=out_mask)
+
+
+# ---------------------------------------------------------------------------------------- launchers
+
+def _shapes(q, v, chunk_size):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    BT = tile(min(chunk_size, T), cap=max(16, chunk_size))
+    return B, T, H, K, V, BT, triton.cdiv(T, BT), tile(K), tile(V)
+
+
+def _states(k, v, h0, lg, dims, want_ht):
+    """chunk_h: boundary states hs (B*H, N, K, V) and the final state (B, H, K, V) or None."""
+    B, T, H, K, V, BT, NT, BK, BV = dims
+    dt = lg.dtype
+    hs = k.new_empty(B * H, NT, K, V, dtype=dt)
+    ht = k.new_empty(B, H, K, V, dtype=dt) if want_ht else None
+    h0c = None if h0 is None else h0.to(dt).contiguous()
+    _chunk_h_fwd_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
+        k, v, h0c, ht, hs, lg, T, H, K, V, NT, BT, BK, BV, USE_H0=h0 is not None, STORE_HT=want_ht)
+    return hs, ht
+
+
+def chunk_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    dims = B, T, H, K, V, BT, NT, BK, BV = _shapes(q, v, chunk_size)
+    lg = log_decay(H, q.device, acc_dtype(q.dtype))
+    hs, ht = _states(k, v, h0, lg, dims, want_ht)
+    o = torch.empty_like(v)
+    _chunk_o_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, hs, o, lg, scale, T, H, K, V, NT, BT, BK, BV)
+    return o, ht
+
+
+def chunk_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
+    q, k, v, do = q.contiguous(), k.contiguous(), v.contiguous(), do.contiguous()
+    dims = B, T, H, K, V, BT, NT, BK, BV = _shapes(q, v, chunk_size)
+    dt = acc_dtype(q.dtype)
+    lg = log_decay(H, q.device, dt)
+    hs, _ = _states(k, v, h0, lg, dims, False)
+    dhs = torch.empty_like(hs)
+    dh0 = None if h0 is None else q.new_empty(B, H, K, V, dtype=dt)
+    dhtc = None if dht is None else dht.to(dt).contiguous()
+    _chunk_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
+        q, do, dhtc, dh0, dhs, lg, scale, T, H, K, V, NT, BT, BK, BV,
+        USE_DHT=dht is not None, STORE_DH0=h0 is not None)
+    NK = triton.cdiv(K, BK)
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dv_part = v.new_empty(NK, B, T, H, V, dtype=dt)
+    _chunk_dqkv_kernel[(NK, NT, B * H)](q, k, v, hs, dhs, do, dq, dk, dv_part, lg, scale, T, B, H, K, V, NT,
+                                        BT, BK, BV)
+    dv = dv_part.sum(0).to(v.dtype)
+    return dq, dk, dv, (None if h0 is None else dh0.to(h0.dtype))
+
+
+def parallel_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
+    """parallel_retention on Triton: the chunked kernels (chunk 64) compute the same O."""
+    return chunk_fwd(q, k, v, h0, scale, 64, want_ht)
+
+
+def parallel_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
+    return chunk_bwd(q, k, v, h0, do, dht, scale, 64)
+
+
+# ----------------------------------------------------------------------- ahead-of-time compilation
+
+def _spec(name, sig, constexprs, label):
+    return AotSpec(module=__name__, name=name, signature=sig, constexprs=constexprs, label=label)
+
+
+def _aot_specs():
+    specs = []
+    for dt, BT, BK, BV, K, V in (("fp32", 64, 64, 64, 64, 128), ("bf16", 64, 64, 64, 128, 128)):
+        shape = {"H": 8, "K": K, "V": V, "BT": BT, "BK": BK, "BV": BV}
+        specs.append(_spec("_chunk_h_fwd_kernel", {
+            "k": f"*{dt}", "v": f"*{dt}", "h0": "*fp32", "ht": "*fp32", "hs": "*fp32", "log_gamma": "*fp32",
+            "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32", "BT": "constexpr",
+            "BK": "constexpr", "BV": "constexpr", "USE_H0": "constexpr", "STORE_HT": "constexpr"},
+            {**shape, "USE_H0": True, "STORE_HT": True}, dt))
+        specs.append(_spec("_chunk_o_fwd_kernel", {
+            "q": f"*{dt}", "k": f"*{dt}", "v": f"*{dt}", "hs": "*fp32", "o": f"*{dt}", "log_gamma": "*fp32",
+            "scale": "fp32", "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32",
+            "BT": "constexpr", "BK": "constexpr", "BV": "constexpr"}, shape, dt))
+        specs.append(_spec("_chunk_dh_kernel", {
+            "q": f"*{dt}", "do": f"*{dt}", "dht": "*fp32", "dh0": "*fp32", "dhs": "*fp32", "log_gamma": "*fp32",
+            "scale": "fp32", "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32",
+            "BT": "constexpr", "BK": "constexpr", "BV": "constexpr", "USE_DHT": "constexpr",
+            "STORE_DH0": "constexpr"}, {**shape, "USE_DHT": True, "STORE_DH0": True}, dt))
+        specs.append(_spec("_chunk_dqkv_kernel", {
+            "q": f"*{dt}", "k": f"*{dt}", "v": f"*{dt}", "hs": "*fp32", "dhs": "*fp32", "do": f"*{dt}",
+            "dq": f"*{dt}", "dk": f"*{dt}", "dv_part": "*fp32", "log_gamma": "*fp32", "scale": "fp32",
+            "T": "i32", "B": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32",
+            "BT": "constexpr", "BK": "constexpr", "BV": "constexpr"}, shape, dt))
+    return specs
+
+
+AOT_SPECS = _aot_specs()
