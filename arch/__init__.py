@@ -11,6 +11,7 @@ from .registry import MIXERS, build_mixer, register_mixer
 # Modules that register mixers and presets (one line per mixer file).
 _MIXER_MODULES = [
     "attention",
+    "retnet",
     "presets",
 ]
 for _m in _MIXER_MODULES:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_state", "state_batch_size", "map_state"]
+__all__ = ["check_state", "state_batch_size", "map_state", "check_mixer_input", "state_dtype"]
 
 
 def state_batch_size(state) -> int | None:
@@ -55,3 +55,17 @@ def map_state(fn, state):
     if isinstance(state, tuple):
         return tuple(map_state(fn, v) for v in state)
     return state
+
+
+def check_mixer_input(owner: str, x, d_model: int) -> None:
+    """Validate a mixer's input x: a floating (B, T, d_model) tensor with T >= 1 (ValueError naming 'x')."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != d_model or not x.is_floating_point():
+        got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{owner}: argument 'x' must be a floating tensor of shape (B, T, {d_model}), got {got}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{owner}: argument 'x' has T = 0 tokens (shape {tuple(x.shape)}); expected T >= 1")
+
+
+def state_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """dtype of a recurrent (scan) state: float32, or float64 when the model runs in float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
