@@ -55,6 +55,11 @@ class Attention(nn.Module):
         empty = torch.zeros(batch_size, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
         return {"k": empty, "v": empty.clone(), "pos": 0}
 
+    def learnable_prefix(self, n_streams: int, n_prefix: int) -> dict:
+        """Template of a learned prefix state (ParScale): n_prefix unrotated keys/values per stream."""
+        z = torch.zeros(n_streams, self.n_kv_heads, n_prefix, self.head_dim, device=self.q_proj.weight.device)
+        return {"k": z, "v": z.clone(), "pos": 0}
+
     def forward(self, x: torch.Tensor, state: dict | None = None):
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"Attention: argument 'x' must have shape (B, T, {self.d_model}), got {tuple(x.shape)}")

@@ -17,6 +17,7 @@ _CHOICES = {
     "mlp": ("swiglu", "gelu", "none"),
     "norm": ("rmsnorm", "layernorm"),
     "pos_emb": ("none", "learned"),
+    "structure": ("standard", "ladder", "kraken"),
 }
 
 
@@ -33,6 +34,10 @@ class ModelConfig:
     pos_emb: "none" (the mixers carry position: RoPE, recurrence) | "learned" (a table of
     max_seq_len positions, GPT-2 / GAM).
     embedding_multiplier / logits_multiplier: muP-style scalars (Falcon-H1), 1 = off.
+    structure: "standard" | "ladder" (ladder_layers: None = all, k = the last k, or a list) |
+    "kraken" (kraken_splits sub-stacks). parscale_n: P parallel streams sharing all weights
+    (1 = off), each with a learned prefix state of parscale_prefix tokens for attention (a learned
+    initial state for recurrent mixers), aggregated with label smoothing parscale_eps.
     """
 
     name: str = "custom"
@@ -55,6 +60,13 @@ class ModelConfig:
     init_std: float = 0.02
     embedding_multiplier: float = 1.0
     logits_multiplier: float = 1.0
+    # structures (arch/structures.py): properties of the model that work with any mixer
+    structure: str = "standard"
+    ladder_layers: int | list | None = None
+    kraken_splits: int = 2
+    parscale_n: int = 1
+    parscale_prefix: int = 48
+    parscale_eps: float = 0.01
 
     def __post_init__(self):
         self.validate()
@@ -75,6 +87,15 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.d_ff must be a positive int or None, got {self.d_ff!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        for n in ("kraken_splits", "parscale_n"):
+            pos_int(n)
+        if not isinstance(self.parscale_prefix, int) or self.parscale_prefix < 0:
+            raise ValueError(f"ModelConfig.parscale_prefix must be an int >= 0, got {self.parscale_prefix!r}")
+        if not 0.0 <= float(self.parscale_eps) < 1.0:
+            raise ValueError(f"ModelConfig.parscale_eps must be in [0, 1), got {self.parscale_eps!r}")
+        if self.structure == "kraken" and self.mlp == "none":
+            raise ValueError("ModelConfig: structure='kraken' mixes splits through the MLP input; it needs mlp != 'none'")
+        self.ladder_layer_set()
         if not isinstance(self.mixer_kwargs, dict):
             raise ValueError(f"ModelConfig.mixer_kwargs must be a dict, got {type(self.mixer_kwargs).__name__}")
         from .registry import MIXERS  # the registry is filled by importing parazoo.arch
@@ -83,6 +104,22 @@ class ModelConfig:
             if MIXERS and name not in MIXERS:
                 where = "mixer" if self.layer_mixers is None else f"layer_mixers[{i}]"
                 raise ValueError(f"ModelConfig.{where}: unknown mixer {name!r}; registered: {sorted(MIXERS)}")
+
+    def ladder_layer_set(self) -> frozenset:
+        """Indices of the laddered layers: ladder_layers None = all, an int k = the last k, a list = those."""
+        if self.structure != "ladder":
+            return frozenset()
+        ll = self.ladder_layers
+        if ll is None:
+            return frozenset(range(self.n_layers))
+        if isinstance(ll, int) and not isinstance(ll, bool):
+            if not 0 <= ll <= self.n_layers:
+                raise ValueError(f"ModelConfig.ladder_layers as an int means 'the last k layers', 0 <= k <= {self.n_layers}, got {ll}")
+            return frozenset(range(self.n_layers - ll, self.n_layers))
+        if isinstance(ll, (list, tuple)) and all(isinstance(i, int) and 0 <= i < self.n_layers for i in ll):
+            return frozenset(ll)
+        raise ValueError(f"ModelConfig.ladder_layers must be None (all), an int k (the last k) or a list of layer "
+                         f"indices in [0, {self.n_layers}), got {ll!r}")
 
     def mixer_specs(self) -> list[tuple[str, dict]]:
         """(mixer name, kwargs) for each layer."""

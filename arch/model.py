@@ -4,6 +4,10 @@
     for each layer l:  h = h + Mixer_l(Norm(h));  h = h + MLP_l(Norm(h))     (pre-norm residual)
     logits = logits_multiplier * Head(Norm_f(h))        (Head tied to E unless tie_embeddings=False)
 
+The layer loop is the model's structure (arch/structures.py): standard, ladder or kraken; with
+parscale_n = P > 1 the input is replicated into P streams that start from learned states and are
+aggregated after the final norm.
+
 ``forward(input_ids, state=None) -> (logits, state)``: with a state the model continues from it,
 so prefill + one-token steps equal one full forward (the mixer contract, layer by layer).
 """
@@ -22,6 +26,7 @@ from .config import ModelConfig
 from .mlp import build_mlp
 from .norms import build_norm
 from .registry import build_mixer
+from .structures import ParScale, build_trunk
 
 __all__ = ["Block", "LanguageModel", "ModelState"]
 
@@ -50,11 +55,20 @@ class Block(nn.Module):
         self.norm2 = build_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias) if self.mlp is not None else None
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, state=None):
+    def mix(self, x: torch.Tensor, state=None):
+        """The mixer branch's output (to be added to the stream) and the new state."""
         y, state = self.mixer(self.norm1(x), state)
-        x = x + self.drop(y)
+        return self.drop(y), state
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP branch's output (to be added to the stream)."""
+        return self.drop(self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor, state=None):
+        y, state = self.mix(x, state)
+        x = x + y
         if self.mlp is not None:
-            x = x + self.drop(self.mlp(self.norm2(x)))
+            x = x + self.ffn(x)
         return x, state
 
 
@@ -69,11 +83,17 @@ class LanguageModel(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.pos_embed = nn.Embedding(c.max_seq_len, c.d_model) if c.pos_emb == "learned" else None
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c, i) for i in range(c.n_layers))
+        self.trunk = build_trunk(c, Block)
+        self.parscale = ParScale(c, self.trunk.mixers()) if c.parscale_n > 1 else None
         self.norm_f = build_norm(c.norm, c.d_model, c.norm_eps, c.norm_bias)
         self.head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.reset_parameters()
         self._fingerprint = hashlib.sha1(c.to_json().encode()).hexdigest()[:12]
+
+    @property
+    def blocks(self) -> list:
+        """Every Block of the trunk, in layer order (splits of a layer together for kraken)."""
+        return [m for m in self.trunk.modules() if isinstance(m, Block)]
 
     # ------------------------------------------------------------------ init
     def reset_parameters(self) -> None:
@@ -89,19 +109,30 @@ class LanguageModel(nn.Module):
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=std)
         resid = std / (2 * self.config.n_layers) ** 0.5
-        for blk in self.blocks:
+        for blk in self.trunk.modules():
+            if not isinstance(blk, Block):
+                continue
             for name, p in blk.named_parameters():
                 if name.endswith(("o_proj.weight", "out_proj.weight", "down_proj.weight", "fc2.weight")):
                     nn.init.normal_(p, std=resid)
             if hasattr(blk.mixer, "reset_parameters"):
                 blk.mixer.reset_parameters()
+        if self.parscale is not None:
+            for params in self.parscale.prefix:
+                for p in params.values():
+                    nn.init.normal_(p, std=std)
         for p in (self.embed.weight, *( [self.pos_embed.weight] if self.pos_embed is not None else [])):
             p._no_weight_decay = True
 
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int, device=None, dtype=None) -> ModelState:
         device = device or self.embed.weight.device
-        layers = [blk.mixer.init_state(batch_size, device=device, dtype=dtype) for blk in self.blocks]
+        if self.parscale is not None:
+            flat = self.parscale.initial_states(batch_size, dtype or self.embed.weight.dtype)
+            layers = self.trunk.unflatten_state([{k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                                                  for k, v in s.items()} for s in flat])
+        else:
+            layers = self.trunk.init_state(batch_size, device=device, dtype=dtype)
         return ModelState(layers=layers, pos=0, batch_size=batch_size, fingerprint=self._fingerprint)
 
     def _check_inputs(self, input_ids, state):
@@ -122,7 +153,7 @@ class LanguageModel(nn.Module):
         if state is not None:
             if not isinstance(state, ModelState):
                 raise ValueError(f"LanguageModel: argument 'state' must be a ModelState from init_state()/forward(), got {type(state).__name__}")
-            if state.fingerprint != self._fingerprint or len(state.layers) != len(self.blocks):
+            if state.fingerprint != self._fingerprint or len(state.layers) != self.config.n_layers:
                 raise ValueError("LanguageModel: argument 'state' was built by a model with another config "
                                  f"(fingerprint {state.fingerprint}, this model {self._fingerprint})")
             if state.batch_size != B:
@@ -145,6 +176,8 @@ class LanguageModel(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm_f(h)
+        if self.parscale is not None:
+            h = self.parscale.aggregate(h)
         out = self.head(h) if self.head is not None else F.linear(h, self.embed.weight)
         if self.config.logits_multiplier != 1.0:
             out = out * self.config.logits_multiplier
@@ -153,13 +186,15 @@ class LanguageModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, state: ModelState | None = None):
         """input_ids (B, T) int -> logits (B, T, vocab) float, new ModelState."""
         pos = self._check_inputs(input_ids, state)
+        B = input_ids.shape[0]
         h = self.embed_tokens(input_ids, pos)
-        layer_states = state.layers if state is not None else [None] * len(self.blocks)
-        new_states = []
-        for blk, s in zip(self.blocks, layer_states):
-            h, s = blk(h, s)
-            new_states.append(s)
-        new_state = ModelState(layers=new_states, pos=pos + input_ids.shape[1], batch_size=input_ids.shape[0],
+        if self.parscale is not None:
+            h = self.parscale.replicate(h)  # (P B, T, d)
+            layer_states = state.layers if state is not None else self.init_state(B, dtype=h.dtype).layers
+        else:
+            layer_states = state.layers if state is not None else self.trunk.init_state_none()
+        h, new_states = self.trunk(h, layer_states)
+        new_state = ModelState(layers=new_states, pos=pos + input_ids.shape[1], batch_size=B,
                                fingerprint=self._fingerprint)
         return self.logits(h), new_state
 
