@@ -24,3 +24,29 @@ register_preset(ModelConfig(name="retnet-small", vocab_size=50257, d_model=768, 
                             mixer_kwargs={"n_heads": 3}, mlp="gelu", d_ff=1536, norm="layernorm", max_seq_len=2048))
 register_preset(ModelConfig(name="retnet-1.3b", vocab_size=50257, d_model=2048, n_layers=24, mixer="retnet",
                             mixer_kwargs={"n_heads": 8}, mlp="gelu", d_ff=4096, norm="layernorm", max_seq_len=2048))
+
+# ---- structures (arch/structures.py) -------------------------------------------------------
+# Kraken 125M, 4-way (NeurIPS 2024, Table: 12 layers, 12 heads, ffn_expansion 2, d 504 for 4 ways),
+# GPT-2 style: learned positions, LayerNorm, GELU MLP, GPT-2 vocabulary.
+for _ways, _d in ((2, 678), (4, 504), (6, 418)):
+    register_preset(ModelConfig(name=f"kraken-125m-{_ways}way", vocab_size=50257, d_model=_d, n_layers=12,
+                                mixer="attention",  # 678 and 418 are not multiples of 12: heads of d // 12
+                                mixer_kwargs={"n_heads": 12, "head_dim": _d // 12, "rope": False, "bias": True},
+                                mlp="gelu", d_ff=2 * _d, mlp_bias=True, norm="layernorm", pos_emb="learned",
+                                max_seq_len=1024, structure="kraken", kraken_splits=_ways))
+# Ladder residual at 1B class (Llama-3.2-1B shape: d 2048, 16 layers, 32 heads / 8 KV heads,
+# SwiGLU 8192, vocab 128256), every layer laddered; "-partial" ladders the last 8 layers.
+_llama1b = dict(vocab_size=128256, d_model=2048, n_layers=16, mixer="attention",
+                mixer_kwargs={"n_heads": 32, "n_kv_heads": 8, "rope_base": 500000.0}, mlp="swiglu", d_ff=8192,
+                norm="rmsnorm", max_seq_len=8192, tie_embeddings=True)
+register_preset(ModelConfig(name="ladder-1b", structure="ladder", **_llama1b))
+register_preset(ModelConfig(name="ladder-1b-partial", structure="ladder", ladder_layers=8, **_llama1b))
+register_preset(ModelConfig(name="llama-1b", **_llama1b))
+# ParScale P in {1, 2, 4, 8} over a Qwen2.5-0.5B-shaped base (d 896, 24 layers, 14 heads / 2 KV,
+# SwiGLU 4864, vocab 151936, RoPE base 1e6), 48 prefix tokens, eps 0.01. P=1 is the base model.
+for _p in (1, 2, 4, 8):
+    register_preset(ModelConfig(name=f"parscale-qwen2.5-0.5b-p{_p}", vocab_size=151936, d_model=896, n_layers=24,
+                                mixer="attention", mixer_kwargs={"n_heads": 14, "n_kv_heads": 2, "rope_base": 1e6, "bias": True,
+                                                                  "out_bias": False},
+                                mlp="swiglu", d_ff=4864, norm="rmsnorm", norm_eps=1e-6, max_seq_len=32768,
+                                tie_embeddings=True, parscale_n=_p, parscale_prefix=48, parscale_eps=0.01))
