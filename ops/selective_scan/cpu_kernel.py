@@ -1,19 +1,21 @@
 """Fused C loops for the selective scan (forward and backward), compiled on first use by ``_cpu_jit``.
 
-One OpenMP task per (batch, dim) row; the N-vector state h lives on the stack and the row makes
-one pass over L, so nothing of size (batch, dim, L, N) ever exists. B and C arrive transposed to
-(batch, G, L, N) so that each time step reads one contiguous N-vector.
+One OpenMP task per (batch, dim) row; the N-vector state h lives on the stack (in registers for
+N = 16, which gets its own constant-N instance) and the row makes one pass over L, so nothing of
+size (batch, dim, L, N) ever exists. B and C arrive transposed to (batch, G, L, N) so that each
+time step reads one contiguous N-vector. The pointwise parts (dl = softplus(delta + bias), the
+silu(z) gate and their derivatives) are done by ``_pointwise`` in torch, vectorised, around these.
 
 Forward (per row, h_{-1} = 0, reset to 0 at sequence starts):
-    dl_t = [softplus](delta_t + bias);  a_t = exp(dl_t A);  h_t = a_t h_{t-1} + dl_t u_t B_t
-    y_t = (C_t . h_t + D u_t) [* silu(z_t)];  h at every multiple of K is kept as a checkpoint.
+    a_t = exp(dl_t A);  h_t = a_t h_{t-1} + dl_t u_t B_t;  y_t = (C_t . h_t + D u_t) * gate_t
+    h just before every multiple of K steps is kept as a checkpoint for the backward.
 
-Backward (reverse scan, states recomputed chunk by chunk of K steps from the checkpoints):
-    dy_t = dout_t [* silu(z_t)];  dz_t = dout_t (C_t . h_t + D u_t) silu'(z_t)
-    g_t  = dy_t C_t + a_{t+1} g_{t+1}  (+ dlast at a sequence end; no flow across a reset)
+Backward, given dy_t = dout_t * gate_t (reverse scan, states recomputed chunk by chunk of K steps
+from the checkpoints):
+    g_t  = dy_t C_t + a_{t+1} g_{t+1}  (+ dlast at a sequence end; nothing flows across a reset)
     dC_t += dy_t h_t;  dB_t += g_t dl_t u_t;  du_t = D dy_t + dl_t (g_t . B_t)
     ddl_t = g_t . (a_t h_{t-1} A + B_t u_t);  dA += g_t a_t h_{t-1} dl_t;  dD += dy_t u_t
-    ddelta_t = ddl_t * sigmoid(delta_t + bias) under softplus, else ddl_t
+    ypre_t = C_t . h_t + D u_t  (returned for dz when there is a gate)
 dB, dC are summed over the channels of a group in per-thread buffers, added together at the end.
 
 float32 uses a branch-free exp (Cody-Waite reduction + degree-7 polynomial, ~1 ulp, inputs
@@ -54,58 +56,128 @@ static inline float ss_vexp_f32(float x) {
 """
 
 _TEMPLATE = r"""
-static inline SCALAR ss_softplus_SFX(SCALAR x) { return x > (SCALAR)20 ? x : LOG1P(LEXP(x)); }
-static inline SCALAR ss_sigmoid_SFX(SCALAR x) { return (SCALAR)1 / ((SCALAR)1 + LEXP(-x)); }
+/* one row (b, d) of the forward; N is a compile-time constant where the caller passes a literal */
+static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
+        const SCALAR* ur, const SCALAR* dlr, const SCALAR* Ar, const SCALAR* Bb, const SCALAR* Cb,
+        const SCALAR Dd, const SCALAR* gr, const int32_t* reset, const int32_t* end_id, SCALAR* yr,
+        SCALAR* last_row, SCALAR* ck_row, int64_t L, const int64_t N, int64_t K, int64_t last_stride)
+{
+    SCALAR h[N];
+    for (int64_t n = 0; n < N; n++) h[n] = 0;
+    for (int64_t t = 0; t < L; t++) {
+        if (ck_row && t % K == 0) for (int64_t n = 0; n < N; n++) ck_row[(t / K) * N + n] = h[n];
+        if (reset[t]) for (int64_t n = 0; n < N; n++) h[n] = 0;
+        const SCALAR dl = dlr[t], x = ur[t], dlx = dl * x;
+        const SCALAR* Bp = Bb + t * N;
+        const SCALAR* Cp = Cb + t * N;
+        SCALAR acc = 0;
+        #pragma omp simd reduction(+:acc)
+        for (int64_t n = 0; n < N; n++) {
+            const SCALAR hn = VEXP(dl * Ar[n]) * h[n] + dlx * Bp[n];
+            h[n] = hn;
+            acc += Cp[n] * hn;
+        }
+        SCALAR out = acc + Dd * x;
+        if (gr) out *= gr[t];
+        yr[t] = out;
+        if (last_row && end_id[t] >= 0) for (int64_t n = 0; n < N; n++) last_row[end_id[t] * last_stride + n] = h[n];
+    }
+}
 
-void ss_fwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
-                const SCALAR* Dv, const SCALAR* z, const SCALAR* dbias, const int32_t* reset, const int32_t* end_id,
+void ss_fwd_SFX(const SCALAR* u, const SCALAR* dl, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
+                const SCALAR* Dv, const SCALAR* gate, const int32_t* reset, const int32_t* end_id,
                 SCALAR* y, SCALAR* last, SCALAR* ckpt,
                 int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t GB, int64_t GC, int64_t nseq,
-                int64_t K, int64_t softplus, int64_t nthreads)
+                int64_t K, int64_t nthreads)
 {
     const int64_t rows = batch * dim, nck = (L + K - 1) / K;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t b = r / dim, d = r % dim;
-        const SCALAR* ur = u + r * L;
-        const SCALAR* dr = delta + r * L;
-        const SCALAR* zr = z ? z + r * L : 0;
-        const SCALAR* Ar = A + d * N;
         const SCALAR* Bb = Bt + (b * GB + d / (dim / GB)) * L * N;
         const SCALAR* Cb = Ct + (b * GC + d / (dim / GC)) * L * N;
-        SCALAR* yr = y + r * L;
-        const SCALAR bias = dbias ? dbias[d] : (SCALAR)0, Dd = Dv ? Dv[d] : (SCALAR)0;
-        SCALAR h[N];
-        for (int64_t n = 0; n < N; n++) h[n] = 0;
-        for (int64_t t = 0; t < L; t++) {
-            if (ckpt && t % K == 0) memcpy(ckpt + (r * nck + t / K) * N, h, N * sizeof(SCALAR));
-            if (reset[t]) for (int64_t n = 0; n < N; n++) h[n] = 0;
-            SCALAR dl = dr[t] + bias;
-            if (softplus) dl = ss_softplus_SFX(dl);
-            const SCALAR x = ur[t], dlx = dl * x;
-            const SCALAR* Bp = Bb + t * N;
-            const SCALAR* Cp = Cb + t * N;
-            SCALAR acc = 0;
-            #pragma omp simd reduction(+:acc)
-            for (int64_t n = 0; n < N; n++) {
-                const SCALAR hn = VEXP(dl * Ar[n]) * h[n] + dlx * Bp[n];
-                h[n] = hn;
-                acc += Cp[n] * hn;
-            }
-            SCALAR out = acc + Dd * x;
-            if (zr) out *= zr[t] * ss_sigmoid_SFX(zr[t]);
-            yr[t] = out;
-            if (last && end_id[t] >= 0) memcpy(last + ((b * nseq + end_id[t]) * dim + d) * N, h, N * sizeof(SCALAR));
-        }
+        const SCALAR Dd = Dv ? Dv[d] : (SCALAR)0;
+        const SCALAR* gr = gate ? gate + r * L : 0;
+        SCALAR* last_row = last ? last + (b * nseq * dim + d) * N : 0;
+        SCALAR* ck_row = ckpt ? ckpt + r * nck * N : 0;
+        if (N == 16)
+            ss_fwd_row_SFX(u + r * L, dl + r * L, A + d * N, Bb, Cb, Dd, gr, reset, end_id, y + r * L, last_row, ck_row, L, 16, K, dim * N);
+        else
+            ss_fwd_row_SFX(u + r * L, dl + r * L, A + d * N, Bb, Cb, Dd, gr, reset, end_id, y + r * L, last_row, ck_row, L, N, K, dim * N);
     }
 }
 
-void ss_bwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
-                const SCALAR* Dv, const SCALAR* z, const SCALAR* dbias, const int32_t* reset, const int32_t* end_id,
-                const SCALAR* ckpt, const SCALAR* dout, const SCALAR* dlast,
-                SCALAR* du, SCALAR* ddelta, SCALAR* dA, SCALAR* dBt, SCALAR* dCt, SCALAR* dD, SCALAR* dz,
+/* one row of the backward: recompute each chunk's states from its checkpoint, then reverse-scan it */
+static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
+        const SCALAR* ur, const SCALAR* dlr, const SCALAR* Ar, const SCALAR* Bb, const SCALAR* Cb,
+        const SCALAR Dd, const SCALAR* dyr, const int32_t* reset, const int32_t* end_id,
+        const SCALAR* ck_row, const SCALAR* dlast_row, SCALAR* dur, SCALAR* ddlr, SCALAR* dAr, SCALAR* dDr,
+        SCALAR* ypre_r, SCALAR* myBb, SCALAR* myCb, SCALAR* hbuf, SCALAR* abuf,
+        int64_t L, const int64_t N, int64_t K, int64_t last_stride)
+{
+    const int64_t nck = (L + K - 1) / K;
+    SCALAR h[N], g[N], dAacc[N], zeros[N];
+    SCALAR dDacc = 0;
+    for (int64_t n = 0; n < N; n++) { g[n] = 0; dAacc[n] = 0; zeros[n] = 0; }
+    for (int64_t c = nck - 1; c >= 0; c--) {
+        const int64_t t0 = c * K, t1 = (t0 + K < L) ? t0 + K : L;
+        const SCALAR* h0 = ck_row + c * N;
+        for (int64_t n = 0; n < N; n++) h[n] = h0[n];
+        for (int64_t t = t0; t < t1; t++) {              /* recompute the chunk's states */
+            const int64_t k = t - t0;
+            if (reset[t]) for (int64_t n = 0; n < N; n++) h[n] = 0;
+            const SCALAR dl = dlr[t], dlx = dl * ur[t];
+            const SCALAR* Bp = Bb + t * N;
+            SCALAR* ak = abuf + k * N;
+            SCALAR* hk = hbuf + k * N;
+            #pragma omp simd
+            for (int64_t n = 0; n < N; n++) {
+                const SCALAR an = VEXP(dl * Ar[n]);
+                const SCALAR hn = an * h[n] + dlx * Bp[n];
+                ak[n] = an; hk[n] = hn; h[n] = hn;
+            }
+        }
+        for (int64_t t = t1 - 1; t >= t0; t--) {         /* reverse scan through the chunk */
+            const int64_t k = t - t0;
+            const SCALAR x = ur[t], dl = dlr[t], dy = dyr[t], dlx = dl * x;
+            const SCALAR* Bp = Bb + t * N;
+            const SCALAR* Cp = Cb + t * N;
+            const SCALAR* ak = abuf + k * N;
+            const SCALAR* hk = hbuf + k * N;
+            const SCALAR* hp = reset[t] ? zeros : (k > 0 ? hbuf + (k - 1) * N : h0);
+            if (dlast_row && end_id[t] >= 0)
+                for (int64_t n = 0; n < N; n++) g[n] += dlast_row[end_id[t] * last_stride + n];
+            SCALAR* mB = myBb + t * N;
+            SCALAR* mC = myCb + t * N;
+            SCALAR ddl = 0, gB = 0, yp = 0;
+            #pragma omp simd reduction(+:ddl, gB, yp)
+            for (int64_t n = 0; n < N; n++) {
+                const SCALAR gn = g[n] + dy * Cp[n];
+                const SCALAR ah = ak[n] * hp[n];
+                yp += Cp[n] * hk[n];
+                mC[n] += dy * hk[n];
+                mB[n] += gn * dlx;
+                ddl += gn * (ah * Ar[n] + Bp[n] * x);
+                dAacc[n] += gn * ah * dl;
+                gB += gn * Bp[n];
+                g[n] = reset[t] ? (SCALAR)0 : gn * ak[n];
+            }
+            if (ypre_r) ypre_r[t] = yp + Dd * x;
+            dDacc += dy * x;
+            dur[t] = dy * Dd + dl * gB;
+            ddlr[t] = ddl;
+        }
+    }
+    for (int64_t n = 0; n < N; n++) dAr[n] = dAacc[n];
+    *dDr = dDacc;
+}
+
+void ss_bwd_SFX(const SCALAR* u, const SCALAR* dl, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
+                const SCALAR* Dv, const SCALAR* dy, const int32_t* reset, const int32_t* end_id,
+                const SCALAR* ckpt, const SCALAR* dlast,
+                SCALAR* du, SCALAR* ddl, SCALAR* dA, SCALAR* dBt, SCALAR* dCt, SCALAR* dD, SCALAR* ypre,
                 int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t GB, int64_t GC, int64_t nseq,
-                int64_t K, int64_t softplus, int64_t nthreads)
+                int64_t K, int64_t nthreads)
 {
     const int64_t rows = batch * dim, nck = (L + K - 1) / K;
     const int64_t nB = batch * GB * L * N, nC = batch * GC * L * N;
@@ -113,113 +185,43 @@ void ss_bwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCA
     {
         SCALAR* hbuf = (SCALAR*)malloc(sizeof(SCALAR) * K * N);
         SCALAR* abuf = (SCALAR*)malloc(sizeof(SCALAR) * K * N);
-        SCALAR* dlbuf = (SCALAR*)malloc(sizeof(SCALAR) * K);
         SCALAR* myB = (SCALAR*)calloc(nB > 0 ? nB : 1, sizeof(SCALAR));
         SCALAR* myC = (SCALAR*)calloc(nC > 0 ? nC : 1, sizeof(SCALAR));
-        SCALAR h[N], g[N], dAacc[N], zeros[N];
-        for (int64_t n = 0; n < N; n++) zeros[n] = 0;
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             const int64_t b = r / dim, d = r % dim;
             const int64_t gb = b * GB + d / (dim / GB), gc = b * GC + d / (dim / GC);
-            const SCALAR* ur = u + r * L;
-            const SCALAR* dr = delta + r * L;
-            const SCALAR* zr = z ? z + r * L : 0;
-            const SCALAR* Ar = A + d * N;
-            const SCALAR* Bb = Bt + gb * L * N;
-            const SCALAR* Cb = Ct + gc * L * N;
-            const SCALAR* gor = dout + r * L;
-            SCALAR* myBb = myB + gb * L * N;
-            SCALAR* myCb = myC + gc * L * N;
-            const SCALAR bias = dbias ? dbias[d] : (SCALAR)0, Dd = Dv ? Dv[d] : (SCALAR)0;
-            SCALAR dDacc = 0;
-            for (int64_t n = 0; n < N; n++) { g[n] = 0; dAacc[n] = 0; }
-            for (int64_t c = nck - 1; c >= 0; c--) {
-                const int64_t t0 = c * K, t1 = (t0 + K < L) ? t0 + K : L;
-                const SCALAR* h0 = ckpt + (r * nck + c) * N;
-                for (int64_t n = 0; n < N; n++) h[n] = h0[n];
-                for (int64_t t = t0; t < t1; t++) {          /* recompute the chunk's states */
-                    const int64_t k = t - t0;
-                    if (reset[t]) for (int64_t n = 0; n < N; n++) h[n] = 0;
-                    SCALAR dl = dr[t] + bias;
-                    if (softplus) dl = ss_softplus_SFX(dl);
-                    dlbuf[k] = dl;
-                    const SCALAR dlx = dl * ur[t];
-                    const SCALAR* Bp = Bb + t * N;
-                    SCALAR* ak = abuf + k * N;
-                    SCALAR* hk = hbuf + k * N;
-                    #pragma omp simd
-                    for (int64_t n = 0; n < N; n++) {
-                        const SCALAR an = VEXP(dl * Ar[n]);
-                        const SCALAR hn = an * h[n] + dlx * Bp[n];
-                        ak[n] = an; hk[n] = hn; h[n] = hn;
-                    }
-                }
-                for (int64_t t = t1 - 1; t >= t0; t--) {     /* reverse scan through the chunk */
-                    const int64_t k = t - t0;
-                    const SCALAR x = ur[t], dl = dlbuf[k];
-                    const SCALAR* Bp = Bb + t * N;
-                    const SCALAR* Cp = Cb + t * N;
-                    const SCALAR* ak = abuf + k * N;
-                    const SCALAR* hk = hbuf + k * N;
-                    const SCALAR* hp = reset[t] ? zeros : (k > 0 ? hbuf + (k - 1) * N : h0);
-                    if (dlast && end_id[t] >= 0) {
-                        const SCALAR* dl_ = dlast + ((b * nseq + end_id[t]) * dim + d) * N;
-                        for (int64_t n = 0; n < N; n++) g[n] += dl_[n];
-                    }
-                    SCALAR dy = gor[t];
-                    if (zr) {
-                        const SCALAR zz = zr[t], sz = ss_sigmoid_SFX(zz);
-                        SCALAR ypre = Dd * x;
-                        for (int64_t n = 0; n < N; n++) ypre += Cp[n] * hk[n];
-                        dz[r * L + t] = dy * ypre * sz * ((SCALAR)1 + zz * ((SCALAR)1 - sz));
-                        dy = dy * zz * sz;
-                    }
-                    dDacc += dy * x;
-                    SCALAR* mB = myBb + t * N;
-                    SCALAR* mC = myCb + t * N;
-                    const SCALAR dlx = dl * x;
-                    SCALAR ddl = 0, gB = 0;
-                    #pragma omp simd reduction(+:ddl, gB)
-                    for (int64_t n = 0; n < N; n++) {
-                        const SCALAR gn = g[n] + dy * Cp[n];
-                        const SCALAR ah = ak[n] * hp[n];
-                        mC[n] += dy * hk[n];
-                        mB[n] += gn * dlx;
-                        ddl += gn * (ah * Ar[n] + Bp[n] * x);
-                        dAacc[n] += gn * ah * dl;
-                        gB += gn * Bp[n];
-                        g[n] = gn * ak[n];
-                    }
-                    if (reset[t]) for (int64_t n = 0; n < N; n++) g[n] = 0;
-                    du[r * L + t] = dy * Dd + dl * gB;
-                    ddelta[r * L + t] = softplus ? ddl * ss_sigmoid_SFX(dr[t] + bias) : ddl;
-                }
-            }
-            for (int64_t n = 0; n < N; n++) dA[r * N + n] = dAacc[n];
-            dD[r] = dDacc;
+            const SCALAR Dd = Dv ? Dv[d] : (SCALAR)0;
+            const SCALAR* dlast_row = dlast ? dlast + (b * nseq * dim + d) * N : 0;
+            SCALAR* ypre_r = ypre ? ypre + r * L : 0;
+            if (N == 16)
+                ss_bwd_row_SFX(u + r * L, dl + r * L, A + d * N, Bt + gb * L * N, Ct + gc * L * N, Dd, dy + r * L,
+                               reset, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddl + r * L, dA + r * N, dD + r,
+                               ypre_r, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, L, 16, K, dim * N);
+            else
+                ss_bwd_row_SFX(u + r * L, dl + r * L, A + d * N, Bt + gb * L * N, Ct + gc * L * N, Dd, dy + r * L,
+                               reset, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddl + r * L, dA + r * N, dD + r,
+                               ypre_r, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, L, N, K, dim * N);
         }
         #pragma omp critical
         {
             for (int64_t i = 0; i < nB; i++) dBt[i] += myB[i];
             for (int64_t i = 0; i < nC; i++) dCt[i] += myC[i];
         }
-        free(hbuf); free(abuf); free(dlbuf); free(myB); free(myC);
+        free(hbuf); free(abuf); free(myB); free(myC);
     }
 }
 """
 
 
-def _instantiate(scalar: str, sfx: str, vexp: str, lexp: str, log1p: str) -> str:
-    return (_TEMPLATE.replace("SCALAR", scalar).replace("SFX", sfx).replace("VEXP", vexp)
-            .replace("LEXP", lexp).replace("LOG1P", log1p))
+def _instantiate(scalar: str, sfx: str, vexp: str) -> str:
+    return _TEMPLATE.replace("SCALAR", scalar).replace("SFX", sfx).replace("VEXP", vexp)
 
 
-_SOURCE = (_COMMON + _instantiate("float", "f32", "ss_vexp_f32", "expf", "log1pf")
-           + _instantiate("double", "f64", "exp", "exp", "log1p"))
+_SOURCE = _COMMON + _instantiate("float", "f32", "ss_vexp_f32") + _instantiate("double", "f64", "exp")
 
-_FWD_ARGS = [PTR] * 13 + [I64] * 10
-_BWD_ARGS = [PTR] * 20 + [I64] * 10
+_FWD_ARGS = [PTR] * 12 + [I64] * 9
+_BWD_ARGS = [PTR] * 18 + [I64] * 9
 
 LIB = CKernel("selective_scan", _SOURCE, {
     "ss_fwd_f32": _FWD_ARGS, "ss_fwd_f64": _FWD_ARGS,
