@@ -1,0 +1,66 @@
+"""Throughput: tokens/s, samples/s, step time and peak memory of training.
+
+Measured per optimizer step as the wall-clock time between the ends of consecutive training
+batches (so data loading, forward, backward, clipping and the optimizer step all count), over
+all ranks (tokens = B * T * world_size). Peak memory: ``torch.cuda.max_memory_allocated`` on
+GPU, the process's peak resident set size (ru_maxrss) on CPU. Logged as
+``perf/{tokens_per_s,samples_per_s,step_time_s,peak_mem_mb}``; the steps after ``skip_steps``
+(warm-up) are kept in ``history`` for benchmarks, and ``summary()`` averages them.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import lightning as L
+import torch
+
+__all__ = ["Throughput", "peak_memory_mb"]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+class Throughput(L.Callback):
+    def __init__(self, skip_steps: int = 2, log: bool = True):
+        self.skip_steps, self.log = skip_steps, log
+        self.history: list[tuple[float, int, int]] = []  # (step seconds, tokens, samples)
+        self._last: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._last = None  # do not count the time between epochs (validation) as a step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._last is None:
+            self._last = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        self._last = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        now = time.perf_counter()
+        dt, self._last = now - self._last, now
+        x = batch["input_ids"]
+        samples = x.shape[0] * trainer.world_size
+        tokens = x.numel() * trainer.world_size
+        if trainer.global_step > self.skip_steps:
+            self.history.append((dt, tokens, samples))
+        if self.log:
+            pl_module.log_dict({"perf/tokens_per_s": tokens / dt, "perf/samples_per_s": samples / dt,
+                                "perf/step_time_s": dt, "perf/peak_mem_mb": peak_memory_mb(pl_module.device)},
+                               on_step=True, on_epoch=False, batch_size=x.shape[0])
+
+    def summary(self) -> dict[str, float]:
+        """Mean over the recorded steps: tokens/s, samples/s, step seconds."""
+        if not self.history:
+            return {}
+        t = sum(h[0] for h in self.history)
+        return {"tokens_per_s": sum(h[1] for h in self.history) / t, "samples_per_s": sum(h[2] for h in self.history) / t,
+                "step_time_s": t / len(self.history), "steps": len(self.history)}
