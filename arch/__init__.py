@@ -7,15 +7,19 @@ import importlib as _importlib
 from .config import PRESETS, ModelConfig, register_preset
 from .model import Block, LanguageModel, ModelState
 from .registry import MIXERS, build_mixer, register_mixer
+from .tensor_parallel import tensor_parallel
 
 # Modules that register mixers and presets (one line per mixer file).
 _MIXER_MODULES = [
     "attention",
+    "mamba",
+    "mamba2",
     "retnet",
+    "gam",
     "presets",
 ]
 for _m in _MIXER_MODULES:
     _importlib.import_module(f"{__name__}.{_m}")
 
 __all__ = ["MIXERS", "PRESETS", "Block", "LanguageModel", "ModelConfig", "ModelState", "build_mixer",
-           "register_mixer", "register_preset"]
+           "register_mixer", "register_preset", "tensor_parallel"]

@@ -54,17 +54,28 @@ class Block(nn.Module):
         self.mlp = build_mlp(config.mlp, config.d_model, config.d_ff, config.mlp_bias)
         self.norm2 = build_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias) if self.mlp is not None else None
         self.drop = nn.Dropout(config.dropout)
+        # tensor parallelism (arch/tensor_parallel.py) sets these: the input hook of a sharded
+        # branch (identity forward, all-reduce of the gradient) and whether its output is a
+        # partial sum that the structure must all-reduce
+        self.tp_in = None
+        self.tp_mix_partial = False
+        self.tp_ffn_partial = False
+
+    def _in(self, x: torch.Tensor, sharded: bool) -> torch.Tensor:
+        return self.tp_in(x) if sharded and self.tp_in is not None else x
 
     def mix(self, x: torch.Tensor, state=None):
         """The mixer branch's output (to be added to the stream) and the new state."""
-        y, state = self.mixer(self.norm1(x), state)
+        y, state = self.mixer(self._in(self.norm1(x), self.tp_mix_partial), state)
         return self.drop(y), state
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
         """The MLP branch's output (to be added to the stream)."""
-        return self.drop(self.mlp(self.norm2(x)))
+        return self.drop(self.mlp(self._in(self.norm2(x), self.tp_ffn_partial)))
 
     def forward(self, x: torch.Tensor, state=None):
+        if self.tp_mix_partial or self.tp_ffn_partial:
+            raise RuntimeError("Block.forward: a tensor-parallel block runs inside its structure, which all-reduces its outputs")
         y, state = self.mix(x, state)
         x = x + y
         if self.mlp is not None:

@@ -50,3 +50,25 @@ for _p in (1, 2, 4, 8):
                                                                   "out_bias": False},
                                 mlp="swiglu", d_ff=4864, norm="rmsnorm", norm_eps=1e-6, max_seq_len=32768,
                                 tie_embeddings=True, parscale_n=_p, parscale_prefix=48, parscale_eps=0.01))
+
+# ---- GAM (Gated Associative Memory, 2025) ---------------------------------------------------
+# Paper model (WikiText-2 / TinyStories): d 512, 6 layers, 512 memory slots, BPE vocab 10k,
+# context 256, learned positions, tied head, pre-LN blocks with FFN Linear(4d) -> GELU -> Linear.
+register_preset(ModelConfig(name="gam-wikitext2", vocab_size=10000, d_model=512, n_layers=6, mixer="gam",
+                            mixer_kwargs={"n_slots": 512}, mlp="gelu", d_ff=2048, mlp_bias=True, norm="layernorm",
+                            pos_emb="learned", max_seq_len=256, tie_embeddings=True, dropout=0.1))
+register_preset(ModelConfig(name="gam-tiny", vocab_size=256, d_model=64, n_layers=2, mixer="gam",
+                            mixer_kwargs={"n_slots": 64}, mlp="gelu", mlp_bias=True, norm="layernorm",
+                            pos_emb="learned", max_seq_len=1024))
+
+# Mamba (Gu & Dao 2023) and Mamba-2 (Dao & Gu 2024): mixer-only blocks (no MLP), RMSNorm, tied
+# embeddings, GPT-NeoX vocabulary 50277 padded to a multiple of 8 (as mamba_ssm's pretrained models).
+register_preset(ModelConfig(name="mamba-tiny", vocab_size=256, d_model=64, n_layers=2, mixer="mamba", mlp="none",
+                            max_seq_len=1024))
+register_preset(ModelConfig(name="mamba-130m", vocab_size=50280, d_model=768, n_layers=24, mixer="mamba", mlp="none",
+                            max_seq_len=2048, tie_embeddings=True))
+register_preset(ModelConfig(name="mamba2-tiny", vocab_size=256, d_model=64, n_layers=2, mixer="mamba2",
+                            mixer_kwargs={"d_state": 16, "headdim": 16, "chunk_size": 16}, mlp="none", max_seq_len=1024))
+register_preset(ModelConfig(name="mamba2-130m", vocab_size=50280, d_model=768, n_layers=24, mixer="mamba2",
+                            mixer_kwargs={"d_state": 128, "headdim": 64}, mlp="none", max_seq_len=2048,
+                            tie_embeddings=True))

@@ -38,6 +38,7 @@ class SequentialTrunk(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(block_cls(config, i) for i in range(config.n_layers))
         self.laddered = config.ladder_layer_set()
+        self.comm = None  # set by tensor_parallel(): all-reduces module outputs (async for ladder)
 
     def mixers(self) -> list:
         return [b.mixer for b in self.blocks]
@@ -54,28 +55,36 @@ class SequentialTrunk(nn.Module):
     def unflatten_state(self, flat: list) -> list:
         return list(flat)
 
-    @staticmethod
-    def _module(h, pending, laddered: bool, f):
-        """One residual module. Returns (stream, this module's output, extra)."""
+    def _module(self, h, pending, laddered: bool, f, partial: bool):
+        """One residual module. Returns (stream, this module's pending output, extra).
+
+        Under tensor parallelism a sharded module's output is a partial sum: its all-reduce is
+        started here and waited only when the output is added to the stream, which for a
+        laddered module is after the next module has run (the overlap the ladder buys)."""
         if laddered:
             out, extra = f(h)                 # reads h_{i-2}: the previous output is still pending
-            h = h if pending is None else h + pending
+            h = h if pending is None else h + self._wait(pending)
         else:
-            h = h if pending is None else h + pending
+            h = h if pending is None else h + self._wait(pending)
             out, extra = f(h)
+        if partial and self.comm is not None:
+            out = self.comm.start(out)
         return h, out, extra
+
+    def _wait(self, pending):
+        return pending if isinstance(pending, torch.Tensor) else self.comm.wait(pending)
 
     def forward(self, h: torch.Tensor, states: list):
         pending = None
         new_states = []
         for i, blk in enumerate(self.blocks):
             lad = i in self.laddered
-            h, pending, s = self._module(h, pending, lad, lambda x: blk.mix(x, states[i]))
+            h, pending, s = self._module(h, pending, lad, lambda x: blk.mix(x, states[i]), blk.tp_mix_partial)
             new_states.append(s)
             if blk.mlp is not None:
-                h, pending, _ = self._module(h, pending, lad, lambda x: (blk.ffn(x), None))
+                h, pending, _ = self._module(h, pending, lad, lambda x: (blk.ffn(x), None), blk.tp_ffn_partial)
         if pending is not None:
-            h = h + pending
+            h = h + self._wait(pending)
         return h, new_states
 
 
@@ -87,46 +96,52 @@ class KrakenTrunk(nn.Module):
         self.n_splits = n = config.kraken_splits
         self.layers = nn.ModuleList(nn.ModuleList(block_cls(config, l) for _ in range(n)) for l in range(config.n_layers))
         self.out_proj = nn.Linear(n * config.d_model, config.d_model, bias=False)
+        self.local_splits = list(range(n))  # tensor_parallel() keeps only this rank's splits
+        self.comm = None
 
     def mixers(self) -> list:
-        return [blk.mixer for layer in self.layers for blk in layer]
+        return [layer[i].mixer for layer in self.layers for i in self.local_splits]
 
     def init_state(self, batch_size, device=None, dtype=None) -> list:
-        return [[blk.mixer.init_state(batch_size, device=device, dtype=dtype) for blk in layer] for layer in self.layers]
+        return [[layer[i].mixer.init_state(batch_size, device=device, dtype=dtype) if i in self.local_splits else None
+                 for i in range(self.n_splits)] for layer in self.layers]
 
     def init_state_none(self) -> list:
         return [[None] * self.n_splits for _ in self.layers]
 
     def flatten_state(self, states: list) -> list:
-        return [s for layer in states for s in layer]
+        return [layer[i] for layer in states for i in self.local_splits]
 
     def unflatten_state(self, flat: list) -> list:
-        n = self.n_splits
-        return [list(flat[i:i + n]) for i in range(0, len(flat), n)]
+        it = iter(flat)
+        return [[next(it) if i in self.local_splits else None for i in range(self.n_splits)] for _ in self.layers]
 
     def forward(self, h: torch.Tensor, states: list):
-        xs = [h] * self.n_splits
+        comm, idx = self.comm, self.local_splits
+        if comm is not None:
+            h = comm.copy_in(h)  # every split reads the embedding: its gradient sums over ranks
+        xs = {i: h for i in idx}
         new_states = []
         for l, layer in enumerate(self.layers):
-            layer_states = []
-            if l == 0:
-                nxt = []
-                for blk, x, s in zip(layer, xs, states[l]):
-                    x, s = blk(x, s)
-                    nxt.append(x)
-                    layer_states.append(s)
+            layer_states = [None] * self.n_splits
+            if l == 0:  # no exchange in the first layer
+                for i in idx:
+                    xs[i], layer_states[i] = layer[i](xs[i], states[l][i])
             else:
-                total = torch.stack(xs).sum(0)  # one all-reduce of the previous layer's outputs
-                nxt = []
-                for blk, x, s in zip(layer, xs, states[l]):
-                    y, s = blk.mix(x, s)
-                    a = x + y
-                    u = a + (total - x)
-                    nxt.append(a + blk.ffn(u))
-                    layer_states.append(s)
-            xs = nxt
+                # one all-reduce of the previous layer's outputs, overlapped with the mixers
+                local_sum = torch.stack([xs[i] for i in idx]).sum(0)
+                handle = comm.start_sum(local_sum) if comm is not None else local_sum
+                a = {}
+                for i in idx:
+                    y, layer_states[i] = layer[i].mix(xs[i], states[l][i])
+                    a[i] = xs[i] + y
+                total = comm.wait(handle) if comm is not None else handle
+                xs = {i: a[i] + layer[i].ffn(a[i] + (total - xs[i])) for i in idx}
             new_states.append(layer_states)
-        return self.out_proj(torch.cat(xs, dim=-1)), new_states
+        out = self.out_proj(torch.cat([xs[i] for i in idx], dim=-1))
+        if comm is not None:
+            out = comm.wait(comm.start(out))  # row-parallel out_proj
+        return out, new_states
 
 
 def build_trunk(config, block_cls) -> nn.Module:
