@@ -42,8 +42,8 @@ class InductionHeads(SyntheticDataModule):
                  num_test_examples: int = 1000, seed: int = 0, num_workers: int = 0):
         if not isinstance(vocab_size, int) or vocab_size < 3:
             raise ValueError(f"InductionHeads: argument 'vocab_size' must be an int >= 3, got {vocab_size!r}")
-        super().__init__(vocab_size, train_configs or [{"seq_len": 256}],
-                         test_configs or [{"seq_len": 256}, {"seq_len": 512}, {"seq_len": 1024}], batch_size,
+        super().__init__(vocab_size, [{"seq_len": 256}] if train_configs is None else train_configs,
+                         [{"seq_len": 256}, {"seq_len": 512}, {"seq_len": 1024}] if test_configs is None else test_configs, batch_size,
                          num_train_examples, num_test_examples, seed, num_workers)
 
     def check_config(self, arg, i, cfg):

@@ -64,7 +64,8 @@ class MQAR(SyntheticDataModule):
             raise ValueError(f"MQAR: argument 'power_a' must be in (0, 1], got {power_a!r}")
         self.power_a = float(power_a)
         default = [{"seq_len": 64, "num_kv_pairs": 4}]
-        super().__init__(vocab_size, train_configs or default, test_configs or default, batch_size,
+        super().__init__(vocab_size, default if train_configs is None else train_configs,
+                         default if test_configs is None else test_configs, batch_size,
                          num_train_examples, num_test_examples, seed, num_workers)
 
     def check_config(self, arg, i, cfg):

@@ -49,7 +49,8 @@ class SelectiveCopying(SyntheticDataModule):
             raise ValueError(f"SelectiveCopying: argument 'vocab_size' must be an int >= 3 (noise, marker, data), got {vocab_size!r}")
         self.num_tokens = num_tokens
         default = [{"seq_len": 256}]
-        super().__init__(vocab_size, train_configs or default, test_configs or default, batch_size,
+        super().__init__(vocab_size, default if train_configs is None else train_configs,
+                         default if test_configs is None else test_configs, batch_size,
                          num_train_examples, num_test_examples, seed, num_workers)
 
     def check_config(self, arg, i, cfg):
