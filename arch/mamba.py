@@ -1,0 +1,158 @@
+"""Mamba-1 block (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State
+Spaces", Fig. 3 and Algorithm 2), with mamba_ssm's parameter names and shapes so that a
+``mamba_ssm.modules.mamba_simple.Mamba`` state_dict loads unchanged.
+
+    x, z   = split(in_proj(u))                                (B, T, d_inner) each
+    x      = silu(causal_depthwise_conv1d(x))                 width d_conv, with bias
+    dt|B|C = split(x_proj(x))                                 (B, T, dt_rank) | (B, T, N) | (B, T, N)
+    dt     = softplus(dt_proj(dt))                            (B, T, d_inner); bias inside softplus
+    A      = -exp(A_log)                                      (d_inner, N), float32
+    h_t    = exp(dt_t A) * h_{t-1} + dt_t B_t x_t             (per channel, h_t in R^N)
+    y_t    = C_t . h_t + D x_t
+    out    = out_proj(y * silu(z))
+
+Initialisation (``reset_parameters``, as upstream): A_log = log(1..N) for every channel
+(S4D-real), D = 1, dt_proj.weight ~ U(-dt_rank^-1/2, dt_rank^-1/2) ("random", dt_scale 1),
+dt_proj.bias = softplus^-1(dt) with dt ~ log-uniform[dt_min, dt_max] floored at dt_init_floor.
+A_log and D carry ``_no_weight_decay = True`` (the optimizer reads that attribute); so does
+dt_proj.bias, which upstream re-initialises and keeps out of weight decay by the same flag.
+
+State (decoding): {"conv_state": (B, d_inner, d_conv), the last d_conv conv inputs (oldest
+first), "ssm_state": (B, d_inner, N) in float32 (float64 for float64 models)}. A single token
+steps both with ``causal_conv1d_update`` / ``selective_state_update``; a longer chunk from a
+state runs ``causal_conv1d(initial_states=...)`` and continues the scan from the state (see
+``_scan_from_state``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_mixer
+from .state import check_mixer_input, check_state, state_dtype
+
+__all__ = ["Mamba", "init_dt_bias"]
+
+
+def init_dt_bias(bias: torch.Tensor, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
+    """In place: bias = softplus^-1(dt), dt ~ log-uniform[dt_min, dt_max], floored at dt_init_floor
+    (shared by Mamba and Mamba-2)."""
+    with torch.no_grad():
+        u = torch.rand(bias.shape, dtype=torch.float64, device=bias.device)
+        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt) = dt + log(1 - exp(-dt))
+
+
+@register_mixer("mamba")
+class Mamba(nn.Module):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
+        di, N = self.d_inner, d_state
+        self.in_proj = nn.Linear(d_model, 2 * di, bias=bias)
+        self.conv1d = nn.Conv1d(di, di, kernel_size=d_conv, groups=di, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(di, self.dt_rank + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
+        self.A_log = nn.Parameter(torch.empty(di, N))
+        self.D = nn.Parameter(torch.empty(di))
+        self.out_proj = nn.Linear(di, d_model, bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Upstream's Mamba init of the SSM parameters (the projections keep the model's init)."""
+        with torch.no_grad():
+            std = self.dt_rank ** -0.5
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+            init_dt_bias(self.dt_proj.bias, self.dt_min, self.dt_max, self.dt_init_floor)
+            A = torch.arange(1, self.d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)  # (d_inner, N)
+            self.A_log.copy_(torch.log(A))
+            self.D.fill_(1.0)
+        for p in (self.A_log, self.D, self.dt_proj.bias):
+            p._no_weight_decay = True
+
+    # ------------------------------------------------------------------ state
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
+        return {"conv_state": torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),
+                "ssm_state": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=state_dtype(dtype))}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, state: dict | None = None):
+        """x (B, T, d_model) -> y (B, T, d_model), new state (the input state is not modified)."""
+        check_mixer_input("Mamba", x, self.d_model)
+        B, T, _ = x.shape
+        if state is not None:
+            check_state(state, batch_size=B, keys=("conv_state", "ssm_state"), owner="Mamba")
+        if state is not None and T == 1:
+            y, new_state = self._step(x[:, 0], state)
+            return y[:, None], new_state
+        from parazoo.ops import causal_conv1d, selective_scan
+
+        xz = self.in_proj(x).transpose(1, 2)                                  # (B, 2 d_inner, T)
+        xs, z = xz.chunk(2, dim=1)                                            # (B, d_inner, T)
+        w = self.conv1d.weight[:, 0]                                          # (d_inner, d_conv)
+        prev = None if state is None else state["conv_state"].to(xs.dtype)
+        init = None if prev is None else prev[:, :, 1:]                       # (B, d_inner, d_conv - 1)
+        xc = causal_conv1d(xs, w, self.conv1d.bias, activation="silu", initial_states=init)
+        dt, Bm, Cm = self._project(xc.transpose(1, 2))                        # (B, T, d_inner) (B, T, N) x2
+        A, D, dt_bias = self._ssm_params()
+        if state is None:
+            y, last = selective_scan(xc, dt.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z=z,
+                                     delta_bias=dt_bias, delta_softplus=True, return_last_state=True)  # (B, d_inner, T)
+        else:
+            y, last = self._scan_from_state(state["ssm_state"], xc, dt, Bm, Cm, z)
+        conv_hist = xs if prev is None else torch.cat([prev, xs], dim=-1)
+        conv_state = conv_hist[:, :, -self.d_conv:]
+        if conv_state.shape[-1] < self.d_conv:                                # T < d_conv from a zero state
+            conv_state = F.pad(conv_state, (self.d_conv - conv_state.shape[-1], 0))
+        new_state = {"conv_state": conv_state.contiguous(), "ssm_state": last}
+        return self.out_proj(y.transpose(1, 2)), new_state
+
+    def _project(self, xc: torch.Tensor):
+        """xc (B, T, d_inner) -> dt before bias/softplus (B, T, d_inner), B (B, T, N), C (B, T, N)."""
+        dbc = self.x_proj(xc)
+        dt, Bm, Cm = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.linear(dt, self.dt_proj.weight), Bm, Cm
+
+    def _ssm_params(self):
+        """A = -exp(A_log) (d_inner, N), D, dt bias (d_inner,), in float32 (float64 for a float64 model)."""
+        cd = state_dtype(self.A_log.dtype)
+        return -torch.exp(self.A_log.to(cd)), self.D.to(cd), self.dt_proj.bias.to(cd)
+
+    def _scan_from_state(self, h0, xc, dt, Bm, Cm, z):
+        """Scan a chunk of T > 1 tokens continuing from h0 (B, d_inner, N).
+
+        selective_scan (mamba_ssm's API) has no initial-state argument, so the chunk is stepped
+        token by token with selective_state_update, which is exact (decode-speed, not train-speed).
+        """
+        from parazoo.ops import selective_state_update
+
+        A, D, dt_bias = self._ssm_params()
+        h = h0.clone()
+        ys = []
+        for t in range(xc.shape[-1]):
+            ys.append(selective_state_update(h, xc[:, :, t], dt[:, t], A, Bm[:, t], Cm[:, t], D, z=z[:, :, t],
+                                             dt_bias=dt_bias, dt_softplus=True))
+        return torch.stack(ys, dim=-1), h                                     # (B, d_inner, T), (B, d_inner, N)
+
+    def _step(self, x: torch.Tensor, state: dict):
+        """One token x (B, d_model) from ``state``; returns y (B, d_model) and the new state."""
+        from parazoo.ops import causal_conv1d_update, selective_state_update
+
+        xs, z = self.in_proj(x).chunk(2, dim=-1)                              # (B, d_inner)
+        conv_state = state["conv_state"].to(xs.dtype).clone()                 # (B, d_inner, d_conv), updated in place
+        xc = causal_conv1d_update(xs, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
+        dt, Bm, Cm = self._project(xc)                                        # (B, d_inner), (B, N), (B, N)
+        h = state["ssm_state"].clone()                                        # (B, d_inner, N), updated in place
+        A, D, dt_bias = self._ssm_params()
+        y = selective_state_update(h, xc, dt, A, Bm, Cm, D, z=z, dt_bias=dt_bias, dt_softplus=True)
+        return self.out_proj(y), {"conv_state": conv_state, "ssm_state": h}
