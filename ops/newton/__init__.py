@@ -72,14 +72,15 @@ def newton_solve(f, x: torch.Tensor, h0: torch.Tensor | None = None, *, state_sh
                  backend="auto"):
     """Solve h_t = f(h_{t-1}, x_t) for t = 0..T-1 by Newton's method with parallel scans.
 
-    f: callable ``f(h_prev (N, *S), x_t (N, *X)) -> h_t (N, *S)``, batch-agnostic (the solver
+    f: callable ``f(x_t (N, *X), h_prev (N, *S)) -> h_t (N, *S)`` (the cell convention of
+        ``torch.nn.RNNCell``), batch-agnostic (the solver
         evaluates all B*T steps in one call). An ``nn.Module`` cell works as is.
     x: (B, T, *X) inputs. h0: (B, *S) initial state, or None for zeros (then ``state_shape``
         = S is required).
     jacobian: structure of df/dh_prev: "diag" (state (.., *S), linear_scan), ("block", K)
         (independent K x K blocks along the state's last dim, which must be K; block_scan), or
         "dense" (any cell, small D = prod(S)).
-    jac_fn: optional closed form ``jac_fn(h_prev, x_t) -> (f(h_prev, x_t), A)`` with A of shape
+    jac_fn: optional closed form ``jac_fn(x_t, h_prev) -> (f(x_t, h_prev), A)`` with A of shape
         (N, *S) for diag, (N, *S, K) for blocks, (N, D, D) for dense; default: forward-mode
         autograd with structured probes (1, K or D jvps per Newton step).
     params: tensors f depends on that need gradients; default: ``f.parameters()`` when f is an
@@ -99,7 +100,7 @@ def newton_solve(f, x: torch.Tensor, h0: torch.Tensor | None = None, *, state_sh
     implicit adjoint (one reverse scan + one batched vjp of f), never through the iterations.
     """
     if not callable(f):
-        raise ValueError(f"{OP}: argument 'f' must be callable f(h_prev, x_t) -> h_t, got {type(f).__name__}")
+        raise ValueError(f"{OP}: argument 'f' must be callable f(x_t, h_prev) -> h_t, got {type(f).__name__}")
     check_tensor("x", x, op=OP)
     if x.dim() < 2:
         raise ValueError(f"{OP}: argument 'x' must have shape (B, T, *X), got {tuple(x.shape)}")
@@ -123,7 +124,7 @@ def newton_solve(f, x: torch.Tensor, h0: torch.Tensor | None = None, *, state_sh
     check_same_device(OP, x=x, h0=h0)
     structure.check_state_shape(tuple(h0.shape[1:]), OP)
     if jac_fn is not None and not callable(jac_fn):
-        raise ValueError(f"{OP}: argument 'jac_fn' must be callable jac_fn(h_prev, x_t) -> (h_t, A) or None, got {type(jac_fn).__name__}")
+        raise ValueError(f"{OP}: argument 'jac_fn' must be callable jac_fn(x_t, h_prev) -> (h_t, A) or None, got {type(jac_fn).__name__}")
     if params is None:
         params = [p for p in f.parameters()] if isinstance(f, torch.nn.Module) else []
     params = list(params)

@@ -73,7 +73,7 @@ class NewtonAdjoint(torch.autograd.Function):
             with torch.enable_grad():
                 hp_d = hp.detach().requires_grad_(True)
                 x_d = xc.detach().requires_grad_(need_x)
-                out = f(hp_d.reshape(-1, *hp.shape[2:]), x_d.reshape(-1, *xc.shape[2:]))
+                out = f(x_d.reshape(-1, *xc.shape[2:]), hp_d.reshape(-1, *hp.shape[2:]))
                 inputs = [hp_d] + ([x_d] if need_x else []) + diff_params
                 grads = torch.autograd.grad(out, inputs, lam.reshape(out.shape).to(out.dtype), allow_unused=True)
             ghp = grads[0]

@@ -59,7 +59,7 @@ class NewtonInfo:
 
     def add(self, iters: int, residual: float, converged: bool, fell_back: bool) -> None:
         self.iterations.append(iters)
-        self.residual = max(self.residual, residual)
+        self.residual = residual if residual != residual else max(self.residual, residual)  # NaN sticks
         self.converged = self.converged and converged
         self.fell_back += int(fell_back)
         self.chunks += 1

@@ -1,6 +1,6 @@
 """f and its Jacobian A_t = df/dh_{t-1} at every time step at once, in a given structure.
 
-For a batch-agnostic cell f(h_prev (N, *S), x (N, *X)) -> (N, *S) evaluated on all N = B*T
+For a batch-agnostic cell f(x (N, *X), h_prev (N, *S)) -> (N, *S) evaluated on all N = B*T
 steps at once, the structure of the Jacobian tells how many forward-mode products recover it:
 
 * diag:        A_ii = d f_i / d h_i. If the cell really is diagonal (d f_i / d h_j = 0 for
@@ -12,7 +12,7 @@ steps at once, the structure of the Jacobian tells how many forward-mode product
 
 These products are only right for a cell that has the declared structure; ``check_structure``
 verifies it on a small sample against the full Jacobian (``ParallelRNN`` does so on first use).
-A cell may also supply a closed form ``jac_fn(h_prev, x) -> (f(h_prev, x), A)`` (ParaGRU,
+A cell may also supply a closed form ``jac_fn(x, h_prev) -> (f(x, h_prev), A)`` (ParaGRU,
 ParaLSTM), which is much cheaper than forward-mode AD; the probe checks it as well.
 """
 from __future__ import annotations
@@ -30,15 +30,15 @@ __all__ = ["make_evaluator", "check_output", "check_structure"]
 def check_output(out, h_prev: torch.Tensor, op: str = "newton_solve") -> None:
     """f must return a tensor shaped like h_prev (the state); ValueError otherwise."""
     if not isinstance(out, torch.Tensor):
-        raise ValueError(f"{op}: the cell f(h_prev, x) must return a tensor shaped like h_prev, got {type(out).__name__}")
+        raise ValueError(f"{op}: the cell f(x_t, h_prev) must return a tensor shaped like h_prev, got {type(out).__name__}")
     if out.shape != h_prev.shape:
-        raise ValueError(f"{op}: the cell f(h_prev, x) returned shape {tuple(out.shape)} for h_prev of shape "
+        raise ValueError(f"{op}: the cell f(x_t, h_prev) returned shape {tuple(out.shape)} for h_prev of shape "
                          f"{tuple(h_prev.shape)}; the new state must have the shape of the previous one")
 
 
 def _autograd_jacobian(f, structure: Structure, hp: torch.Tensor, x: torch.Tensor):
     """(f(hp, x), A) by forward-mode products with structured probes; hp (N, *S)."""
-    fn = lambda h: f(h, x)  # noqa: E731
+    fn = lambda h: f(x, h)  # noqa: E731
     if structure.kind == "diag":
         return jvp(fn, (hp,), (torch.ones_like(hp),))
     S = hp.shape[1:]
@@ -76,7 +76,7 @@ def make_evaluator(f, structure: Structure, jac_fn=None, op: str = "newton_solve
         hp = h_prev.reshape(B * T, *S)
         xf = x.reshape(B * T, *x.shape[2:])
         if jac_fn is not None:
-            out, A = jac_fn(hp, xf)
+            out, A = jac_fn(xf, hp)
         else:
             out, A = _autograd_jacobian(f, structure, hp, xf)
         check_output(out, hp, op)
@@ -104,9 +104,9 @@ def check_structure(f, structure: Structure, h_prev: torch.Tensor, x: torch.Tens
     with torch.no_grad():
         for n in range(min(samples, h_prev.shape[0])):
             hp, xn = h_prev[n:n + 1].detach(), x[n:n + 1].detach()
-            out = f(hp, xn)
+            out = f(xn, hp)
             check_output(out, hp, op)
-            J = jacfwd(lambda h: f(h, xn))(hp).reshape(d, d)  # (D_out, D_in)
+            J = jacfwd(lambda h: f(xn, h))(hp).reshape(d, d)  # (D_out, D_in)
             scale = J.abs().max().clamp_min(1e-30)
             bad = (J.abs() > 1e-6 * scale) & ~mask
             if bool(bad.any()):
@@ -116,7 +116,7 @@ def check_structure(f, structure: Structure, h_prev: torch.Tensor, x: torch.Tens
                     f"d f[{i}] / d h[{j}] = {float(J[i, j]):.3g} (flat state indices, state shape {S}); "
                     f"declare a wider structure (('block', K) or 'dense') or fix the cell")
             if jac_fn is not None:
-                out_c, A_c = jac_fn(hp, xn)
+                out_c, A_c = jac_fn(xn, hp)
                 A_ref = structure.from_dense(J.reshape(1, d, d), S)
                 if A_c.shape != A_ref.shape:
                     raise ValueError(f"{op}: jac_fn returned a Jacobian of shape {tuple(A_c.shape)}, expected "
@@ -126,4 +126,4 @@ def check_structure(f, structure: Structure, h_prev: torch.Tensor, x: torch.Tens
                         not torch.allclose(out_c.to(out.dtype), out, rtol=tol, atol=tol):
                     err = float((A_c.to(A_ref.dtype) - A_ref).abs().max())
                     raise ValueError(f"{op}: the cell's closed-form Jacobian (jac_fn) disagrees with autograd "
-                                     f"(max abs difference {err:.3g}); it must return (f(h_prev, x), df/dh_prev)")
+                                     f"(max abs difference {err:.3g}); it must return (f(x_t, h_prev), df/dh_prev)")

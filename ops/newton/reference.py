@@ -20,7 +20,7 @@ def sequential_solve(f, x: torch.Tensor, h0: torch.Tensor, op: str = "newton_sol
     h = h0
     out = []
     for t in range(x.shape[1]):
-        h_new = f(h, x[:, t])
+        h_new = f(x[:, t], h)
         if t == 0:
             check_output(h_new, h, op)
         h = h_new

@@ -22,6 +22,7 @@ import warnings
 
 import torch
 
+from .jacobian import check_output
 from .info import NewtonError, NewtonInfo, NewtonOptions, default_tolerances
 from .reference import sequential_solve
 from .structure import Structure, solve_dtype
@@ -36,15 +37,18 @@ def shift(h: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     return torch.cat([h0.unsqueeze(1), h[:, :-1]], dim=1)
 
 
-def _initial_guess(f, x, h0, opts: NewtonOptions):
+def _initial_guess(f, x, h0, opts: NewtonOptions, op: str):
     B, T = x.shape[:2]
     if opts.init == "zeros":
         return h0.new_zeros(B, T, *h0.shape[1:])
-    hp = h0.unsqueeze(1).expand(B, T, *h0.shape[1:])
-    h = f(hp.reshape(B * T, *h0.shape[1:]), x.reshape(B * T, *x.shape[2:])).reshape(B, T, *h0.shape[1:])
+    xf = x.reshape(B * T, *x.shape[2:])
+    hp = h0.unsqueeze(1).expand(B, T, *h0.shape[1:]).reshape(B * T, *h0.shape[1:])
+    out = f(xf, hp)
+    check_output(out, hp, op)
+    h = out.reshape(B, T, *h0.shape[1:])
     if opts.init == "picard":
         for _ in range(opts.picard_sweeps):
-            h = f(shift(h, h0).reshape(B * T, *h0.shape[1:]), x.reshape(B * T, *x.shape[2:])).reshape(h.shape)
+            h = f(xf, shift(h, h0).reshape(hp.shape)).reshape(h.shape)
     return h.to(h0.dtype)
 
 
@@ -74,7 +78,7 @@ def _fail(f, x, h0, h, k, resid, finite, opts: NewtonOptions, op: str):
 
 def _solve_chunk(f, evaluate, structure: Structure, x, h0, opts: NewtonOptions, atol, rtol, op):
     """Newton on one chunk. x (B, Tc, *X), h0 (B, *S) in the solve dtype. Returns (h, iters, resid, conv, fb)."""
-    h = _initial_guess(f, x, h0, opts)
+    h = _initial_guess(f, x, h0, opts, op)
     resid = float("inf")
     k = 0
     while True:
@@ -82,10 +86,10 @@ def _solve_chunk(f, evaluate, structure: Structure, x, h0, opts: NewtonOptions, 
         r = fh.to(h.dtype) - h  # = -F(h): the right-hand side of the Newton system
         if k % opts.check_every == 0 or k >= opts.max_iters:
             err = r.abs()
+            if bool((err <= atol + rtol * h.abs()).all()):  # False wherever err is NaN
+                return h, k, float(err.max()), True, False
             finite = bool(torch.isfinite(err).all())
             resid = float(err.max()) if finite else float("nan")
-            if finite and bool((err <= atol + rtol * h.abs()).all()):
-                return h, k, resid, True, False
             if not finite or k >= opts.max_iters:
                 h, fb = _fail(f, x, h0, h, k, resid, finite, opts, op)
                 return h, k, resid, False, fb
