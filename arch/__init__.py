@@ -16,6 +16,7 @@ _MIXER_MODULES = [
     "mamba2",
     "retnet",
     "gam",
+    "pararnn",
     "presets",
 ]
 for _m in _MIXER_MODULES:
