@@ -56,6 +56,12 @@ class ChunkLayout:
             return t if self.Lp == self.L else t[:, :self.L]
         return t.index_select(1, self.pos)
 
+    def chunk_seq_bordered(self) -> torch.Tensor:
+        """(S, Cs + 2) int32: chunk_seq with a -1 column on both sides, so that kernels read the
+        previous and next chunk's sequence without masked loads."""
+        border = torch.full((self.S, 1), -1, dtype=torch.int32, device=self.chunk_seq.device)
+        return torch.cat([border, self.chunk_seq, border], 1).contiguous()
+
     def chunk_is_first(self) -> torch.Tensor:
         """(S, Cs) bool: the chunk starts a sequence (state = initial state there)."""
         f = torch.zeros(self.S, self.Cs, dtype=torch.bool)
