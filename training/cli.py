@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         from .export import main as export_main
 
         return export_main(argv[1:])
+    # argv is given explicitly by the `parazoo` dispatcher; Lightning warns whenever sys.argv differs.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         cli = TrainCLI(argv)
         preflight(cli.model, cli.datamodule)

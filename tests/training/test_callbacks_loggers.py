@@ -1,0 +1,57 @@
+"""Callbacks (throughput, text samples, solver statistics) and logger set-up, on a real tiny run."""
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from parazoo.training import LMModule, SolverStats, TextData, TextSamples, Throughput, build_loggers, wandb_mode
+
+
+class _SolverLayer(torch.nn.Module):
+    """A layer following the solver_stats() protocol (as ParaRNN's layers will)."""
+
+    def __init__(self, iters, residual):
+        super().__init__()
+        self.iters, self.residual = iters, residual
+
+    def solver_stats(self):
+        return {"newton_iters": self.iters, "residual": torch.tensor(self.residual)}
+
+
+def test_text_run_logs_bpb_samples_throughput_and_solver_stats(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    dm = TextData(paths=[str(corpus)], seq_len=32, batch_size=4, val_fraction=0.2)
+    module = LMModule("attention-tiny", warmup_steps=1)
+    module.model.blocks[0].add_module("solver_a", _SolverLayer(3, 1e-6))
+    module.model.blocks[1].add_module("solver_b", _SolverLayer(5, 1e-4))
+    thr, samples = Throughput(skip_steps=0), TextSamples(max_new_tokens=8, prompt="the ")
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, val_check_interval=3, limit_val_batches=2,
+                        logger=build_loggers(str(tmp_path), "text", config={"a": 1}), callbacks=[thr, samples, SolverStats()],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        num_sanity_val_steps=0, log_every_n_steps=1)
+    trainer.fit(module, dm)
+    m = trainer.callback_metrics
+    assert float(m["val/bpb"]) == pytest.approx(float(m["val/loss"]) / math.log(2), rel=1e-6)  # logged as float32
+    assert "train/bpb" in m and "val/acc" not in m
+    assert float(m["solver/newton_iters_max"]) == 5 and float(m["solver/newton_iters_mean"]) == 4
+    assert float(m["solver/residual_max"]) == pytest.approx(1e-4)
+    s = thr.summary()
+    assert s["steps"] == 3 and s["tokens_per_s"] > 0 and abs(s["tokens_per_s"] / s["samples_per_s"] - 32) < 1e-9
+    assert float(m["perf/peak_mem_mb"]) > 10
+    assert len(samples.samples) == 1 and samples.samples[0][1].startswith("the ")
+    assert (tmp_path / "text" / "version_0" / "samples.txt").read_text().startswith("===== step 3")
+
+
+def test_wandb_mode_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"
+    assert [type(lg).__name__ for lg in build_loggers(str(tmp_path), "x")] == ["CSVLogger"]
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode() == "online"
