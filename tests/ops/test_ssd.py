@@ -1,0 +1,273 @@
+"""ssd_scan (Mamba-2 SSD): reference vs chunked CPU path vs Triton kernels (interpreter).
+
+Expected values come from the sequential reference in float64 on the same inputs; forward, final
+states and the gradient of every floating input are compared with parazoo's per-dtype tolerances.
+Decays are kept slow (|dt' A| <~ 0.3) so that states carried across chunks matter to the result.
+"""
+import pytest
+import torch
+
+from parazoo.ops import ssd_scan
+from parazoo.ops.testing import assert_close
+
+NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+
+
+def make_inputs(b, L, H, P, G, N, dtype=torch.float64, D=None, z=False, dt_bias=False, init=False,
+                n_states=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    ins = {
+        "x": rn(b, L, H, P),
+        "dt": torch.rand(b, L, H, generator=g, dtype=torch.float64) * 0.4 + 0.05,
+        "A": -(torch.rand(H, generator=g, dtype=torch.float64) * 0.9 + 0.1),
+        "B": rn(b, L, G, N) * 0.5,
+        "C": rn(b, L, G, N) * 0.5,
+        "D": None if D is None else (rn(H) if D == "H" else rn(H, P)),
+        "z": rn(b, L, H, P) if z else None,
+        "dt_bias": rn(H) * 0.5 if dt_bias else None,
+        "initial_states": rn(n_states or b, H, P, N) if init else None,
+    }
+    return {k: (v.to(dtype) if v is not None else None) for k, v in ins.items()}
+
+
+def run(backend, ins, chunk_size, dt_softplus=False, cu_seqlens=None, dtype=None, seed=1):
+    """Forward (y, final states) and the gradient of every given input for a fixed random
+    cotangent on both outputs."""
+    leaves = {k: (v.detach().to(dtype or v.dtype).requires_grad_(True) if v is not None else None)
+              for k, v in ins.items()}
+    y, final = ssd_scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk_size,
+                        D=leaves["D"], z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=dt_softplus,
+                        initial_states=leaves["initial_states"], return_final_states=True,
+                        cu_seqlens=cu_seqlens, backend=backend)
+    g = torch.Generator().manual_seed(seed)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
+    gf = torch.randn(final.shape, generator=g, dtype=torch.float64).to(final.dtype)
+    ((y * gy).sum() + (final * gf).sum()).backward()
+    grads = {k: (v.grad if v is not None else None) for k, v in leaves.items()}
+    return y, final, grads
+
+
+def check_against(actual, expected, dtype):
+    (y, f, gr), (ye, fe, ge) = actual, expected
+    assert y.dtype == dtype
+    assert_close(y, ye, dtype=dtype, name="y")
+    assert_close(f, fe, dtype=dtype, name="final_states")
+    for k in NAMES:
+        if ge[k] is None:
+            assert gr[k] is None
+            continue
+        assert gr[k] is not None, f"no gradient for {k}"
+        assert gr[k].dtype == dtype, f"d{k} dtype {gr[k].dtype}"
+        assert_close(gr[k], ge[k], dtype=dtype, name=f"d{k}")
+
+
+# (b, L, H, P, G, N, chunk, options): lengths 1, 7, 63, 257, never a multiple of the chunk (but 1)
+CPU_CASES = [
+    (1, 1, 2, 3, 1, 4, 16, dict()),
+    (2, 7, 4, 3, 4, 5, 16, dict(D="H", z=True)),
+    (3, 63, 4, 5, 2, 6, 16, dict(D="HP", dt_bias=True, softplus=True, init=True)),
+    (2, 63, 6, 3, 3, 4, 32, dict(z=True, init=True)),
+    (1, 257, 4, 4, 1, 8, 64, dict(D="H", z=True, dt_bias=True, softplus=True, init=True)),
+    (2, 257, 2, 3, 2, 5, 32, dict()),
+    (1, 100, 2, 3, 1, 4, 4, dict(init=True)),   # chunk below 16
+]
+
+
+def _case(case, dtype):
+    b, L, H, P, G, N, Q, o = case
+    ins = make_inputs(b, L, H, P, G, N, D=o.get("D"), z=o.get("z", False), dt_bias=o.get("dt_bias", False),
+                      init=o.get("init", False))
+    return ins, Q, o.get("softplus", False)
+
+
+def _ids(cases):
+    return [f"b{c[0]}-L{c[1]}-H{c[2]}-G{c[4]}-Q{c[6]}-" + "-".join(f"{k}{v}" for k, v in c[7].items()) for c in cases]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CPU_CASES, ids=_ids(CPU_CASES))
+def test_cpu_matches_reference(case, dtype):
+    ins, Q, sp = _case(case, dtype)
+    expected = run("reference", ins, Q, sp, dtype=torch.float64)
+    check_against(run("cpu", ins, Q, sp, dtype=dtype), expected, dtype)
+
+
+# (case, dtypes): the interpreter is slow, so each case runs in the dtypes that add coverage
+TRITON_CASES = [
+    ((1, 1, 2, 3, 1, 4, 16, dict(D="H", init=True)), (torch.float64, torch.float32)),
+    ((2, 7, 4, 3, 2, 5, 16, dict(D="HP", z=True, dt_bias=True, softplus=True, init=True)), (torch.float64,)),
+    ((1, 63, 2, 5, 2, 6, 32, dict(z=True, D="H")), (torch.float64, torch.float32)),
+    ((1, 63, 2, 3, 1, 4, 16, dict(dt_bias=True, init=True)), (torch.float32,)),
+    ((1, 7, 2, 3, 1, 4, 4, dict(init=True)), (torch.float64, torch.float32)),  # chunk < 16: kernels use 16
+]
+TRITON_PARAMS = [pytest.param(c, d, id=_ids([c])[0] + f"-{str(d)[6:]}") for c, ds in TRITON_CASES for d in ds]
+TRITON_SLOW = [
+    (2, 257, 2, 3, 1, 4, 64, dict(D="HP", z=True, init=True)),
+    (1, 257, 4, 20, 2, 40, 16, dict(dt_bias=True, softplus=True, init=True)),  # P, N over one 16/32 tile
+]
+
+
+@pytest.mark.parametrize("case,dtype", TRITON_PARAMS)
+def test_triton_matches_reference(case, dtype, triton_interpreter):
+    ins, Q, sp = _case(case, dtype)
+    expected = run("reference", ins, Q, sp, dtype=torch.float64)
+    check_against(run("triton", ins, Q, sp, dtype=dtype), expected, dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", TRITON_SLOW, ids=_ids(TRITON_SLOW))
+def test_triton_matches_reference_long(case, triton_interpreter):
+    ins, Q, sp = _case(case, torch.float32)
+    expected = run("reference", ins, Q, sp, dtype=torch.float64)
+    check_against(run("triton", ins, Q, sp, dtype=torch.float32), expected, torch.float32)
+
+
+def test_triton_257_one_case(triton_interpreter):
+    ins = make_inputs(1, 257, 2, 3, 2, 4, D="H", z=True, init=True)
+    check_against(run("triton", ins, 64, True, dtype=torch.float32),
+                  run("reference", ins, 64, True, dtype=torch.float64), torch.float32)
+
+
+def test_chunk_size_does_not_change_the_result():
+    ins = make_inputs(2, 77, 4, 3, 2, 5, D="H", z=True, init=True)
+    base = run("cpu", ins, 8)
+    for Q in (1, 16, 64, 128):
+        check_against(run("cpu", ins, Q), base, torch.float64)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_cu_seqlens_packed_equals_separate(backend, request):
+    if backend == "triton":
+        request.getfixturevalue("triton_interpreter")
+    lens = [5, 0, 19, 1, 12]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    L = sum(lens)
+    ins = make_inputs(1, L, 2, 3, 2, 5, D="HP", z=True, dt_bias=True, init=True, n_states=len(lens))
+    packed = run(backend, ins, 16, True, cu_seqlens=cu)
+    # each sequence on its own, with the same cotangents
+    g = torch.Generator().manual_seed(1)
+    gy = torch.randn(packed[0].shape, generator=g, dtype=torch.float64)
+    gf = torch.randn(packed[1].shape, generator=g, dtype=torch.float64)
+    leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in ins.items()}
+    total = 0
+    ys, fs = [], []
+    for k in range(len(lens)):
+        lo, hi = int(cu[k]), int(cu[k + 1])
+        y, f = ssd_scan(leaves["x"][:, lo:hi], leaves["dt"][:, lo:hi], leaves["A"], leaves["B"][:, lo:hi],
+                        leaves["C"][:, lo:hi], 16, D=leaves["D"], z=leaves["z"][:, lo:hi], dt_bias=leaves["dt_bias"],
+                        dt_softplus=True, initial_states=leaves["initial_states"][k:k + 1],
+                        return_final_states=True, backend="cpu")
+        total = total + (y * gy[:, lo:hi]).sum() + (f * gf[k:k + 1]).sum()
+        ys.append(y)
+        fs.append(f)
+    total.backward()
+    separate = (torch.cat(ys, 1), torch.cat(fs, 0), {k: (v.grad if v is not None else None) for k, v in leaves.items()})
+    check_against(packed, separate, torch.float64)
+    # and the packed reference agrees too
+    check_against(packed, run("reference", ins, 16, True, cu_seqlens=cu), torch.float64)
+
+
+def test_cu_seqlens_resets_the_state():
+    """A test that can fail: packing two sequences without the reset changes the second one."""
+    ins = make_inputs(1, 40, 2, 3, 1, 4)
+    cu = torch.tensor([0, 20, 40])
+    y_packed = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 16, cu_seqlens=cu, backend="cpu")
+    y_plain = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 16, backend="cpu")
+    assert torch.equal(y_packed[:, :20], y_plain[:, :20]) or torch.allclose(y_packed[:, :20], y_plain[:, :20])
+    assert (y_packed[:, 20:] - y_plain[:, 20:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
+def test_gradcheck_float64(backend, request):
+    if backend == "triton":
+        request.getfixturevalue("triton_interpreter")
+    ins = make_inputs(1, 5, 2, 2, 1, 2, D="H", z=True, dt_bias=True, init=True)
+    keys = [k for k in NAMES if ins[k] is not None]
+
+    def f(*args):
+        kw = dict(zip(keys, args))
+        y, fin = ssd_scan(kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"], 4, D=kw["D"], z=kw["z"],
+                          dt_bias=kw["dt_bias"], dt_softplus=True, initial_states=kw["initial_states"],
+                          return_final_states=True, backend=backend)
+        return y, fin
+
+    args = [ins[k].clone().requires_grad_(True) for k in keys]
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=backend == "triton")
+
+
+def test_final_states_only_gradient(triton_interpreter):
+    """Backward when only the final state is used (dy arrives as None / zeros)."""
+    ins = make_inputs(1, 20, 2, 3, 1, 4, init=True)
+    outs = {}
+    for be in ("reference", "triton"):
+        leaves = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in ins.items()}
+        _, fin = ssd_scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], 16,
+                          initial_states=leaves["initial_states"], return_final_states=True, backend=be)
+        fin.sum().backward()
+        outs[be] = {k: v.grad for k, v in leaves.items() if v is not None}
+    for k, ref in outs["reference"].items():
+        ref = torch.zeros_like(ins[k]) if ref is None else ref       # C does not reach the final state
+        assert_close(outs["triton"][k], ref, name=f"d{k}")
+
+
+def test_cpu_path_memory_grows_with_chunk_not_state():
+    """Autograd through the chunked path saves O(L * H * (Q + P + N)) numbers, never L x P x N."""
+    b, L, H, P, G, N, Q = 1, 512, 2, 16, 1, 64, 32
+    ins = make_inputs(b, L, H, P, G, N, dtype=torch.float32)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    leaves = {k: (v.requires_grad_(True) if v is not None else None) for k, v in ins.items()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ssd_scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], Q, backend="cpu")
+    per_chunk_states = (L // Q) * H * P * N               # one (P, N) state per chunk and head
+    bound = 16 * b * L * H * (Q + P + N) + 4 * per_chunk_states
+    assert sum(saved) < bound, (sum(saved), bound)
+    assert sum(saved) < b * L * H * P * N                  # the per-step state is never stored
+
+
+BAD = [
+    (dict(chunk_size=24), "chunk_size"),
+    (dict(chunk_size=0), "chunk_size"),
+    (dict(B=torch.randn(1, 8, 3, 4), C=torch.randn(1, 8, 3, 4)), "groups"),
+    (dict(C=torch.randn(1, 8, 2, 5)), "'C'"),
+    (dict(dt=torch.rand(1, 9, 4)), "'dt'"),
+    (dict(A=torch.rand(3)), "'A'"),
+    (dict(x=torch.randn(1, 8, 4)), "'x'"),
+    (dict(B=torch.randn(1, 8, 2, 4, dtype=torch.float64)), "'B'"),
+    (dict(x=torch.randint(0, 3, (1, 8, 4, 3))), "'x'"),
+    (dict(D=torch.randn(4, 2)), "'D'"),
+    (dict(D=torch.randn(4, 3, 1)), "'D'"),
+    (dict(z=torch.randn(1, 8, 4, 2)), "'z'"),
+    (dict(dt_bias=torch.randn(5)), "'dt_bias'"),
+    (dict(initial_states=torch.randn(1, 4, 3, 5)), "'initial_states'"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 7])), "cu_seqlens"),
+    (dict(cu_seqlens=torch.tensor([0.0, 8.0])), "cu_seqlens"),
+    (dict(cu_seqlens=torch.tensor([0, 8]), initial_states=torch.randn(2, 4, 3, 4)), "'initial_states'"),
+    (dict(x=torch.randn(2, 8, 4, 3), dt=torch.rand(2, 8, 4), B=torch.randn(2, 8, 2, 4), C=torch.randn(2, 8, 2, 4),
+          cu_seqlens=torch.tensor([0, 8])), "batch size 1"),
+    (dict(backend="gpu"), "backend"),
+]
+
+
+@pytest.mark.parametrize("bad,match", BAD, ids=[m + str(i) for i, (_, m) in enumerate(BAD)])
+def test_bad_inputs_raise_value_error(bad, match):
+    args = dict(x=torch.randn(1, 8, 4, 3), dt=torch.rand(1, 8, 4), A=-torch.rand(4), B=torch.randn(1, 8, 2, 4),
+                C=torch.randn(1, 8, 2, 4), chunk_size=16)
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        ssd_scan(**args)
+
+
+def test_auto_backend_runs_cpu_path_and_matches():
+    ins = make_inputs(1, 9, 2, 3, 1, 4, dtype=torch.float32)
+    y_auto = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 16)
+    y_cpu = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 16, backend="cpu")
+    assert torch.equal(y_auto, y_cpu)
