@@ -18,15 +18,7 @@ import triton.language as tl
 
 from .._backend import triton_interpret
 from .._triton_aot import AotSpec
-
-
-@triton.jit
-def _to_acc(v, IS_F64: tl.constexpr):
-    if IS_F64:
-        out = v.to(tl.float64)
-    else:
-        out = v.to(tl.float32)
-    return out
+from .._triton_common import to_acc as _to_acc
 
 
 @triton.jit
