@@ -33,6 +33,12 @@ from .triton_fwd import _ssd_chunk_cumsum_fwd, _ssd_chunk_out_fwd, _ssd_chunk_st
 __all__ = ["ssd_scan_triton"]
 
 
+# Largest row tile (positions of a chunk) and state tile (N); tests shrink them to run the
+# multi-tile loops on small shapes.
+MAX_BM = 64
+MAX_BN = 64
+
+
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
@@ -48,9 +54,9 @@ class _Plan:
         self.S, self.Cs, self.Lp = self.layout.S, self.layout.Cs, self.layout.Lp
         self.cdt = compute_dtype(x.dtype)
         self.prec = "ieee" if self.cdt == torch.float64 else "tf32x3"
-        self.BM = min(self.Q, 64)
+        self.BM = min(self.Q, MAX_BM)
         self.BP = _pow2(self.P)
-        self.BN = min(_pow2(self.N), 64)
+        self.BN = min(_pow2(self.N), MAX_BN)
         self.BLOCK = min(1024, triton.next_power_of_2(self.P * self.N))
         self.warps = 4
 

@@ -100,9 +100,9 @@ def test_cpu_matches_reference(case, dtype):
 TRITON_CASES = [
     ((1, 1, 2, 3, 1, 4, 16, dict(D="H", init=True)), (torch.float64, torch.float32)),
     ((2, 7, 4, 3, 2, 5, 16, dict(D="HP", z=True, dt_bias=True, softplus=True, init=True)), (torch.float64,)),
-    ((1, 63, 2, 5, 2, 6, 32, dict(z=True, D="H")), (torch.float64, torch.float32)),
+    ((1, 63, 2, 5, 2, 6, 32, dict(z=True, D="H")), (torch.float32,)),
     ((1, 63, 2, 3, 1, 4, 16, dict(dt_bias=True, init=True)), (torch.float32,)),
-    ((1, 7, 2, 3, 1, 4, 4, dict(init=True)), (torch.float64, torch.float32)),  # chunk < 16: kernels use 16
+    ((1, 7, 2, 3, 1, 4, 4, dict(init=True)), (torch.float64,)),  # chunk < 16: kernels use 16
 ]
 TRITON_PARAMS = [pytest.param(c, d, id=_ids([c])[0] + f"-{str(d)[6:]}") for c, ds in TRITON_CASES for d in ds]
 TRITON_SLOW = [
@@ -130,6 +130,17 @@ def test_triton_257_one_case(triton_interpreter):
     ins = make_inputs(1, 257, 2, 3, 2, 4, D="H", z=True, init=True)
     check_against(run("triton", ins, 64, True, dtype=torch.float32),
                   run("reference", ins, 64, True, dtype=torch.float64), torch.float32)
+
+
+def test_triton_multi_tile_loops(triton_interpreter, monkeypatch):
+    """16-wide row and N tiles: several causal row blocks per chunk and several N tiles."""
+    from parazoo.ops.ssd import triton_op
+
+    monkeypatch.setattr(triton_op, "MAX_BM", 16)
+    monkeypatch.setattr(triton_op, "MAX_BN", 16)
+    ins = make_inputs(1, 40, 2, 5, 1, 20, D="H", z=True, init=True)
+    check_against(run("triton", ins, 32, True, dtype=torch.float32),
+                  run("reference", ins, 32, True, dtype=torch.float64), torch.float32)
 
 
 def test_chunk_size_does_not_change_the_result():
