@@ -70,14 +70,15 @@ def _scan_chunks(decay: torch.Tensor, U: torch.Tensor, x0: torch.Tensor | None, 
     """X_{i+1} = decay_i X_i + U_i over chunks (or i = N-1..0 when reverse).
 
     decay (1, H, N, 1, 1); U (B, H, N, K, V). Returns the value before each step, stacked
-    (B, H, N, K, V), and the last value (B, H, K, V)."""
+    (B, H, N, K, V), and the last value (B, H, K, V). In place on one carried state: no
+    per-chunk allocation."""
     N = U.shape[2]
-    x = torch.zeros_like(U[:, :, 0]) if x0 is None else x0.to(U.dtype)
-    before = [None] * N
+    x = torch.zeros_like(U[:, :, 0]) if x0 is None else x0.to(U.dtype, copy=True)
+    before = torch.empty_like(U)
     for i in (range(N - 1, -1, -1) if reverse else range(N)):
-        before[i] = x
-        x = decay[:, :, i] * x + U[:, :, i]
-    return torch.stack(before, dim=2), x
+        before[:, :, i].copy_(x)
+        x.mul_(decay[:, :, i]).add_(U[:, :, i])
+    return before, x
 
 
 def chunk_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
@@ -88,12 +89,13 @@ def chunk_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
     dt = acc_dtype(q.dtype)
     C = min(chunk_size, T)
     q_dec, k_dec, chunk_dec, D = _decays(H, T, C, q.device, dt)
-    Q = _to_chunks(q, C, dt) * scale                                 # (B, H, N, C, K)
+    Q = _to_chunks(q, C, dt)                                         # (B, H, N, C, K), unscaled
     Kc = _to_chunks(k, C, dt)                                        # (B, H, N, C, K)
     Vc = _to_chunks(v, C, dt)                                        # (B, H, N, C, V)
     U = Kc.transpose(-1, -2) @ (Vc * k_dec)                          # (B, H, N, K, V)
     Hs, ht = _scan_chunks(chunk_dec, U, h0, reverse=False)           # (B, H, N, K, V)
-    o = (Q * q_dec) @ Hs + ((Q @ Kc.transpose(-1, -2)) * D) @ Vc     # (B, H, N, C, V)
+    o = (Q * (q_dec * scale)) @ Hs                                   # (B, H, N, C, V)
+    o += ((Q @ Kc.transpose(-1, -2)) * (D * scale)) @ Vc
     return _from_chunks(o, T).to(v.dtype), (ht if want_ht else None)
 
 
