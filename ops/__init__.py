@@ -9,6 +9,8 @@ Public names are resolved lazily so that importing one op does not import every 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 from ._backend import BACKENDS, resolve_backend, triton_available, triton_interpret
 
@@ -42,3 +44,20 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(list(globals()) + list(_EXPORTS))
+
+
+class _OpsModule(types.ModuleType):
+    """Keeps ``parazoo.ops.<name>`` the public function when its subpackage has the same name.
+
+    Importing ``parazoo.ops.linear_scan.cpu`` (say) makes Python bind the subpackage as the
+    attribute ``linear_scan`` of this package, which would shadow the lazy function export; bind
+    the subpackage's public function instead (the subpackage stays in sys.modules)."""
+
+    def __setattr__(self, name, value):
+        if (name in _EXPORTS and isinstance(value, types.ModuleType)
+                and value.__name__ == f"{__name__}.{_EXPORTS[name]}" and hasattr(value, name)):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _OpsModule
