@@ -137,9 +137,12 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     """
     check_update_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     backend = resolve_backend(backend, state, x, dt, A, B, C, D, z, dt_bias, op="selective_state_update")
+    # autograd may save the old state for the backward: give it a copy, since state is overwritten below
+    tensors = (state, x, dt, A, B, C, D, z, dt_bias)
+    old = state.clone() if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors) else state
     if backend == "reference":
-        y, new_state = selective_state_update_reference(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        y, new_state = selective_state_update_reference(old, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     else:
-        y, new_state = state_update_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend)
+        y, new_state = state_update_step(old, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend)
     state.copy_(new_state)
     return y

@@ -7,7 +7,9 @@ the last to the first. For a tile starting at t0:
    a_{t+1} = 0 when t+1 starts a sequence), with dy_t = dout_t silu(z_t). The tile is *loaded in
    reversed order*, j -> t = t0 + BLOCK_T - 1 - j, so this is a forward ``tl.associative_scan``
    of the pairs (a_{t+1}, dy_t C_t) with the carry g_{t0 + BLOCK_T} from the later tile
-   (never ``associative_scan(reverse=True)``); ``tl.flip`` puts g back in time order.
+   (never ``associative_scan(reverse=True)``). g goes back to time order through a per-program
+   scratch tile (store at j, load at BLOCK_T - 1 - j): cheap on GPU (L1/L2) and, unlike
+   ``tl.flip``'s xor-reductions, fast in the CPU interpreter.
 2. Recompute h_t in the tile from the checkpoint written by the forward (same scan as forward).
 3. With a_t h_{t-1} = h_t - dl_t u_t B_t:
        ddl_t = sum_n g (a h_{t-1} A + B u);  dA += sum_t g a h_{t-1} dl;  du_t = dl (g . B) + D dy
@@ -29,6 +31,7 @@ from .triton_fwd import BLOCK_T, NUM_WARPS, _acc, _combine, _load_channel_vec, _
 def _ss_bwd_kernel(
     U, DELTA, A, B, C, D, Z, DBIAS, RESET, END_ID, CKPT, DOUT, DLAST,
     DU, DDELTA, DA, DB, DC, DD, DZ,      # DU, DDELTA, DZ (b, dim, L); DA (b, dim, N); DB, DC like B, C (fp32/fp64); DD (b, dim)
+    SCRATCH,                             # (n_programs, BLOCK_D, BLOCK_N, BLOCK_T) fp32/fp64: time-reversal of g
     dim, L, N, GB, GC, nseq, n_tiles,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
     SOFTPLUS: tl.constexpr, IS_F64: tl.constexpr,
@@ -50,6 +53,9 @@ def _ss_bwd_kernel(
     gB_off = (pid_b * GB + d0 // (dim // GB)) * N * L
     gC_off = (pid_b * GC + d0 // (dim // GC)) * N * L
     ck_row = (pid_b * dim + offs_d) * n_tiles
+    pid = pid_b * tl.num_programs(0) + pid_d
+    scr = SCRATCH + pid * (BLOCK_D * BLOCK_N * BLOCK_T) + (tl.arange(0, BLOCK_D)[:, None, None] * BLOCK_N
+                                                          + offs_n[None, :, None]) * BLOCK_T
     g = tl.zeros((BLOCK_D, BLOCK_N), dtype=A_.dtype)          # g_{t0 + BLOCK_T}: gradient entering from the later tile
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=A_.dtype)
     dD_acc = tl.sum(tl.zeros((BLOCK_D, BLOCK_N), dtype=A_.dtype), axis=1)
@@ -81,7 +87,11 @@ def _ss_bwd_kernel(
         ga, gb = tl.associative_scan((a_next, c_r), 2, _combine)
         g_rev = ga * g[:, :, None] + gb
         g = tl.sum(tl.where((jj == BLOCK_T - 1)[None, None, :], g_rev, 0.0), axis=2)   # g_{t0}
-        gs = tl.flip(g_rev, 2)                                                 # time order: i -> t0 + i
+        # back to time order (i -> t0 + i) through this program's scratch tile, by index arithmetic
+        tl.store(scr + jj[None, None, :], g_rev)
+        tl.debug_barrier()
+        gs = tl.load(scr + (BLOCK_T - 1 - jj)[None, None, :])
+        tl.debug_barrier()
         # ---- 2. recompute the tile's states from the checkpoint
         offs_t = t0 + jj
         mask_t = offs_t < L
@@ -131,7 +141,7 @@ def _sig(dtype: str):
     p, acc = f"*{dtype}", "*fp64" if dtype == "fp64" else "*fp32"
     return {"U": p, "DELTA": p, "A": p, "B": p, "C": p, "D": p, "Z": p, "DBIAS": p, "RESET": "*i32",
             "END_ID": "*i32", "CKPT": acc, "DOUT": p, "DLAST": acc,
-            "DU": acc, "DDELTA": acc, "DA": acc, "DB": acc, "DC": acc, "DD": acc, "DZ": acc,
+            "DU": acc, "DDELTA": acc, "DA": acc, "DB": acc, "DC": acc, "DD": acc, "DZ": acc, "SCRATCH": acc,
             "dim": "i32", "L": "i32", "N": "i32", "GB": "i32", "GC": "i32", "nseq": "i32", "n_tiles": "i32",
             "HAS_D": "constexpr", "HAS_Z": "constexpr", "HAS_DBIAS": "constexpr", "HAS_DLAST": "constexpr",
             "SOFTPLUS": "constexpr", "IS_F64": "constexpr",

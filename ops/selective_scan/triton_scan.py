@@ -11,6 +11,7 @@ import math
 import torch
 import triton
 
+from .._backend import triton_interpret
 from ._pointwise import compute_dtype
 from ._seqs import seq_meta
 from .triton_bwd import BWD_BLOCK_D, _ss_bwd_kernel
@@ -20,7 +21,9 @@ __all__ = ["selective_scan_fwd", "selective_scan_bwd", "ckpt_chunk"]
 
 
 def ckpt_chunk(u: torch.Tensor) -> int:
-    return BLOCK_T
+    """Time tile = checkpoint spacing: BLOCK_T on GPU; 16 in the CPU interpreter, whose cost grows
+    with the padded tile (same kernel code, the AOT specs compile the GPU value)."""
+    return 16 if triton_interpret() and not u.is_cuda else BLOCK_T
 
 
 def _block_d(cap: int, dim: int, GB: int, GC: int) -> int:
@@ -45,7 +48,8 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, cu_s
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
     reset, end_id, nseq = seq_meta(cu_seqlens, L, u.device)
     _, (u_, dl_, A_, B_, C_, D_, z_, db_) = _same_dtype(dt, u, delta, A, B, C, D, z, delta_bias)
-    n_tiles = triton.cdiv(L, BLOCK_T)
+    bt = ckpt_chunk(u)
+    n_tiles = triton.cdiv(L, bt)
     y = torch.empty(batch, dim, L, dtype=u_.dtype, device=u.device)
     last = torch.zeros(batch, nseq, dim, N, dtype=dt, device=u.device)
     ckpt = torch.empty(batch, dim, n_tiles, N, dtype=dt, device=u.device) if need_ckpt else torch.empty(0, dtype=dt, device=u.device)
@@ -58,7 +62,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, cu_s
             dim, L, N, GB, GC, nseq, n_tiles,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
             WRITE_CKPT=bool(need_ckpt), IS_F64=dt == torch.float64,
-            BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), BLOCK_T=BLOCK_T, num_warps=NUM_WARPS)
+            BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), BLOCK_T=bt, num_warps=NUM_WARPS)
     return y, last.view(batch * nseq, dim, N), ckpt
 
 
@@ -69,7 +73,8 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplu
     reset, end_id, nseq = seq_meta(cu_seqlens, L, u.device)
     _, (u_, dl_, A_, B_, C_, D_, z_, db_, do_) = _same_dtype(dt, u, delta, A, B, C, D, z, delta_bias, dout)
     dlast_ = dlast.to(dt).contiguous() if dlast is not None else None
-    n_tiles = triton.cdiv(L, BLOCK_T)
+    bt = ckpt_chunk(u)
+    n_tiles = triton.cdiv(L, bt)
     kw = dict(dtype=dt, device=u.device)
     du, ddelta = torch.empty(batch, dim, L, **kw), torch.empty(batch, dim, L, **kw)
     dz = torch.empty(batch, dim, L, **kw) if z is not None else None
@@ -83,10 +88,11 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplu
             db_ if db_ is not None else dummy, reset, end_id, ckpt.to(dt).contiguous(), do_,
             dlast_ if dlast_ is not None else du,
             du, ddelta, dA, dB, dC, dD, dz if dz is not None else du,
+            torch.empty(batch * (dim // bd) * bd * triton.next_power_of_2(N) * bt, **kw),
             dim, L, N, GB, GC, nseq, n_tiles,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
             HAS_DLAST=dlast is not None, SOFTPLUS=bool(softplus), IS_F64=dt == torch.float64,
-            BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), BLOCK_T=BLOCK_T, num_warps=NUM_WARPS)
+            BLOCK_D=bd, BLOCK_N=triton.next_power_of_2(N), BLOCK_T=bt, num_warps=NUM_WARPS)
     else:
         dA.zero_(), dD.zero_(), du.zero_(), ddelta.zero_()
         if dz is not None:

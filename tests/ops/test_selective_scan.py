@@ -1,0 +1,335 @@
+"""selective_scan / selective_state_update: reference vs cpu (C kernel and pure-torch fallback) vs
+triton (interpreter), forward and every gradient (including through last_state), odd lengths,
+T = 1, grouped B/C, D / z / delta_bias / softplus on and off, cu_seqlens packing, decode steps,
+float64 gradcheck, bf16 input, non-contiguous input, custom-op registration, bad input."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from parazoo.ops import selective_scan, selective_state_update
+from parazoo.ops.selective_scan import cpu_kernel, selective_scan_reference
+from parazoo.ops.testing import assert_close
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def _use_path(name, request, monkeypatch):
+    """cpu = fused C kernel; cpu_torch = the pure-torch path taken when no compiler is available."""
+    if name == "triton":
+        request.getfixturevalue("triton_interpreter")
+        return "triton"
+    if name == "cpu_torch":
+        monkeypatch.setattr(cpu_kernel.LIB, "load", lambda: None)
+    elif cpu_kernel.LIB.load() is None:
+        pytest.skip("no C compiler here: the cpu backend is the pure-torch path (tested as cpu_torch)")
+    return "cpu"
+
+
+@pytest.fixture(params=["cpu", "cpu_torch", "triton"])
+def backend(request, monkeypatch):
+    return _use_path(request.param, request, monkeypatch)
+
+
+@pytest.fixture(params=["cpu", "cpu_torch"])
+def cpu_backend(request, monkeypatch):
+    return _use_path(request.param, request, monkeypatch)
+
+
+def _inputs(b, d, L, N, G=None, GC="same", D=True, z=True, bias=True, dtype=torch.float64, seed=0, softplus=True):
+    """Random inputs in Mamba's ranges (A < 0, steps that are positive after softplus, or already
+    positive without it); float64 values cast to dtype."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype)
+
+    GC = G if GC == "same" else GC
+    t = dict(
+        u=r(b, d, L),
+        delta=r(b, d, L, scale=0.5, shift=-1.0) if softplus else torch.rand(b, d, L, generator=g, dtype=torch.float64).to(dtype),
+        A=-torch.exp(r(d, N, scale=0.5)).to(dtype),
+        B=r(b, N, L) if G is None else r(b, G, N, L),
+        C=r(b, N, L) if GC is None else r(b, GC, N, L),
+        D=r(d) if D else None, z=r(b, d, L) if z else None,
+        delta_bias=(r(d, scale=0.3) if softplus else 0.1 * torch.rand(d, generator=g, dtype=torch.float64).to(dtype)) if bias else None,
+    )
+    return {k: (v.requires_grad_() if v is not None else None) for k, v in t.items()}
+
+
+def _run(inputs, backend, softplus, cu_seqlens=None, cast=None, seed=1):
+    """y, last_state and the gradients of <y, gy> + <last, gl> for random gy, gl."""
+    if cast is not None:  # float64 copies of the same values, as fresh leaves
+        inputs = {k: (v.detach().to(cast).requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    y, last = selective_scan(**inputs, delta_softplus=softplus, return_last_state=True, cu_seqlens=cu_seqlens,
+                             backend=backend)
+    g = torch.Generator().manual_seed(seed)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
+    gl = torch.randn(last.shape, generator=g, dtype=torch.float64).to(last.dtype)
+    leaves = [v for v in inputs.values() if v is not None]
+    grads = torch.autograd.grad((y * gy).sum() + (last * gl).sum(), leaves)
+    names = [k for k, v in inputs.items() if v is not None]
+    return y, last, dict(zip(names, grads))
+
+
+def _compare(actual, expected, dtype, may_vanish=()):
+    """may_vanish: gradients that are exactly zero by the equations (dA at T = 1: h_{-1} = 0)."""
+    y, last, grads = actual
+    ey, elast, egrads = expected
+    assert_close(y, ey, dtype=dtype, name="y")
+    assert_close(last, elast, dtype=dtype, name="last_state")
+    assert grads.keys() == egrads.keys()
+    for k in grads:
+        assert k in may_vanish or egrads[k].abs().max() > 0, f"gradient of {k} is identically zero: the check could not fail"
+        assert_close(grads[k], egrads[k], dtype=dtype, name=f"d{k}")
+
+
+# Small shapes: the Triton interpreter costs about a millisecond per scanned element, so every
+# case keeps batch * dim * N * L small; bigger shapes run on the CPU paths below and in the slow tier.
+CASES = {  # (b, d, L, N, G, GC, D, z, bias, softplus)
+    "T1_all_options": (2, 4, 1, 4, None, None, True, True, True, True),
+    "T7_plain_N16": (1, 3, 7, 16, None, None, False, False, False, False),
+    "T63_grouped_D_bias": (2, 4, 63, 4, 2, 2, True, False, True, True),
+    "T257_groups_B_C_differ_z": (1, 2, 257, 2, 2, None, True, True, False, True),
+    "T65_oddN_no_softplus": (1, 2, 65, 3, 2, None, True, True, True, False),
+}
+BIG_CASES = {
+    "T63_N16_grouped": (3, 4, 63, 16, 2, 2, True, False, True, True),
+    "T257_N16_groups_differ": (2, 6, 257, 16, 3, 1, True, True, False, True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(CASES))
+def test_forward_and_grads_match_reference(backend, dtype, case):
+    _check_case(backend, dtype, CASES[case])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(BIG_CASES))
+def test_bigger_shapes_match_reference(cpu_backend, dtype, case):
+    _check_case(cpu_backend, dtype, BIG_CASES[case])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BIG_CASES))
+def test_bigger_shapes_triton(triton_interpreter, case):
+    _check_case("triton", torch.float32, BIG_CASES[case])
+
+
+def _check_case(backend, dtype, case):
+    b, d, L, N, G, GC, D, z, bias, sp = case
+    inputs = _inputs(b, d, L, N, G, GC, D, z, bias, dtype=dtype, softplus=sp)
+    expected = _run(inputs, "reference", sp, cast=torch.float64)
+    _compare(_run(inputs, backend, sp), expected, dtype, may_vanish=("A",) if L == 1 else ())
+
+
+def test_reference_matches_hand_computation():
+    # one channel, N = 1: h_t = exp(dl A) h_{t-1} + dl B_t u_t, y = C h + D u
+    u = torch.tensor([[[1.0, 2.0]]], dtype=torch.float64)
+    delta = torch.tensor([[[0.5, 0.25]]], dtype=torch.float64)
+    A = torch.tensor([[-2.0]], dtype=torch.float64)
+    B = torch.tensor([[[3.0, -1.0]]], dtype=torch.float64)
+    C = torch.tensor([[[0.5, 2.0]]], dtype=torch.float64)
+    D = torch.tensor([0.1], dtype=torch.float64)
+    h0 = 0.5 * 3.0 * 1.0
+    h1 = math.exp(-0.5) * h0 + 0.25 * -1.0 * 2.0
+    y, last = selective_scan_reference(u, delta, A, B, C, D, return_last_state=True)
+    assert_close(y, torch.tensor([[[0.5 * h0 + 0.1, 2.0 * h1 + 0.2]]], dtype=torch.float64))
+    assert_close(last, torch.tensor([[[h1]]], dtype=torch.float64))
+    z = torch.tensor([[[0.3, -0.7]]], dtype=torch.float64)
+    assert_close(selective_scan_reference(u, delta, A, B, C, D, z=z), y * F.silu(z))
+    bias = torch.tensor([0.2], dtype=torch.float64)
+    assert_close(selective_scan_reference(u, delta, A, B, C, delta_bias=bias, delta_softplus=True),
+                 selective_scan_reference(u, F.softplus(delta + 0.2), A, B, C))
+
+
+def test_last_state_dtype_and_shapes(backend):
+    inputs = _inputs(2, 4, 9, 3, dtype=torch.float32)
+    y, last = selective_scan(**inputs, return_last_state=True, backend=backend)
+    assert y.shape == (2, 4, 9) and y.dtype == torch.float32
+    assert last.shape == (2, 4, 3) and last.dtype == torch.float32
+    assert isinstance(selective_scan(**inputs, backend=backend), torch.Tensor)
+
+
+def test_cu_seqlens_packed_equals_separate(backend):
+    """Packed documents never leak into each other: forward, last states and gradients equal
+    running each sequence on its own (including an empty sequence, whose last state is zero)."""
+    lens = [5, 0, 20, 1, 13]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    L = int(cu[-1])
+    inputs = _inputs(1, 2, L, 3, G=2, dtype=torch.float64)
+    y, last, grads = _run(inputs, backend, True, cu_seqlens=cu)
+    assert last.shape == (len(lens), 2, 3)
+    assert_close(last[1], torch.zeros_like(last[1]), name="empty sequence's state")
+    # the same through the reference
+    _compare((y, last, grads), _run(inputs, "reference", True, cu_seqlens=cu), torch.float64)
+    # separately: slice every time-major tensor, run alone, accumulate the gradients of shared inputs
+    g = torch.Generator().manual_seed(1)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    gl = torch.randn(last.shape, generator=g, dtype=torch.float64)
+    y_packed, last_packed = selective_scan(**inputs, delta_softplus=True, return_last_state=True, cu_seqlens=cu,
+                                           backend=backend)
+    leaves = [v for v in inputs.values() if v is not None]
+    packed_grads = torch.autograd.grad((y_packed * gy).sum() + (last_packed * gl).sum(), leaves)
+    sep_loss = 0
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        if e == s:
+            continue
+        part = {k: (v[..., s:e] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
+        yi, li = selective_scan(**part, delta_softplus=True, return_last_state=True, backend=backend)
+        assert_close(y_packed[..., s:e], yi, name=f"y of sequence {i}")
+        assert_close(last_packed[i], li[0], name=f"last state of sequence {i}")
+        sep_loss = sep_loss + (yi * gy[..., s:e]).sum() + (li[0] * gl[i]).sum()
+    sep_grads = torch.autograd.grad(sep_loss, leaves)
+    for k, a, e in zip([k for k, v in inputs.items() if v is not None], packed_grads, sep_grads):
+        assert_close(a, e, name=f"d{k} packed vs separate")
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_state_update_is_one_scan_step_and_iterates_to_the_scan(backend, grouped):
+    b, d, L, N = 2, 4, 6, 3
+    inputs = _inputs(b, d, L, N, G=2 if grouped else None, dtype=torch.float32)
+    inputs = {k: (v.detach() if v is not None else None) for k, v in inputs.items()}
+    y_scan, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend="reference")
+    state = torch.zeros(b, d, N)
+    for t in range(L):
+        y_t = selective_state_update(state, inputs["u"][..., t], inputs["delta"][..., t], inputs["A"],
+                                     inputs["B"][..., t], inputs["C"][..., t], inputs["D"], inputs["z"][..., t],
+                                     dt_bias=inputs["delta_bias"], dt_softplus=True, backend=backend)
+        assert_close(y_t, y_scan[..., t], name=f"y at step {t}")
+        if t == 0:  # one step from zero == selective_scan of length 1
+            one = {k: (v[..., :1] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
+            assert_close(y_t, selective_scan(**one, delta_softplus=True, backend=backend)[..., 0], name="T=1 scan")
+    assert_close(state, last, name="state after L steps (updated in place)")
+
+
+def test_state_update_gradients_match_reference():
+    b, d, N = 2, 4, 3
+    g = torch.Generator().manual_seed(3)
+    args = [torch.randn(b, d, N, generator=g, dtype=torch.float64), torch.randn(b, d, generator=g, dtype=torch.float64),
+            torch.randn(b, d, generator=g, dtype=torch.float64), -torch.rand(d, N, generator=g, dtype=torch.float64),
+            torch.randn(b, 2, N, generator=g, dtype=torch.float64), torch.randn(b, N, generator=g, dtype=torch.float64),
+            torch.randn(d, generator=g, dtype=torch.float64), torch.randn(b, d, generator=g, dtype=torch.float64),
+            torch.randn(d, generator=g, dtype=torch.float64)]
+    args = [a.requires_grad_() for a in args]
+    assert torch.autograd.gradcheck(
+        lambda s, *rest: selective_state_update(s.clone(), *rest[:7], dt_bias=rest[7], dt_softplus=True, backend="cpu"),
+        args)
+
+
+def _gradcheck(backend, softplus, cu=None, G=None):
+    inputs = _inputs(1, 2 if G else 1, 4, 2, G=G, dtype=torch.float64, seed=4, softplus=softplus)
+    names = [k for k, v in inputs.items() if v is not None]
+
+    def f(*xs):
+        y, last = selective_scan(**dict(zip(names, xs)), delta_softplus=softplus, return_last_state=True,
+                                 cu_seqlens=cu, backend=backend)
+        return y, last
+
+    # the interpreter is slow: Triton uses gradcheck's fast mode (random projections of the Jacobian)
+    assert torch.autograd.gradcheck(f, [inputs[k] for k in names], fast_mode=backend == "triton")
+
+
+@pytest.mark.parametrize("softplus", [True, False])
+def test_gradcheck_float64(backend, softplus):
+    _gradcheck(backend, softplus, G=2 if softplus and backend != "triton" else None)
+
+
+def test_gradcheck_float64_packed(backend):
+    _gradcheck(backend, True, cu=torch.tensor([0, 1, 4], dtype=torch.int64))
+
+
+def test_bfloat16_input(backend):
+    inputs = _inputs(2, 4, 20, 4, dtype=torch.bfloat16)
+    y, last, grads = _run(inputs, backend, True)
+    assert y.dtype == torch.bfloat16 and last.dtype == torch.float32
+    assert all(grads[k].dtype == torch.bfloat16 for k in grads)
+    ey, elast, egrads = _run(inputs, "reference", True, cast=torch.float64)
+    assert_close(y, ey, name="y")
+    assert_close(last, elast, dtype=torch.bfloat16, name="last_state")
+    for k in grads:
+        assert_close(grads[k], egrads[k], name=f"d{k}")
+
+
+def test_non_contiguous_inputs(backend):
+    base = _inputs(2, 4, 11, 3, dtype=torch.float64)
+    # the same values laid out differently: time-major storage transposed back, and a strided A
+    nc = {k: v.detach().clone() if v is not None else None for k, v in base.items()}
+    for k in ("u", "delta", "z"):
+        nc[k] = nc[k].transpose(1, 2).contiguous().transpose(1, 2)
+    nc["B"] = nc["B"].transpose(1, 2).contiguous().transpose(1, 2)
+    nc["A"] = torch.stack([nc["A"], nc["A"]], dim=-1)[..., 0]                 # stride (2N, 2)
+    assert not nc["u"].is_contiguous() and not nc["A"].is_contiguous() and not nc["B"].is_contiguous()
+    nc = {k: v.requires_grad_() if v is not None else None for k, v in nc.items()}
+    _compare(_run(nc, backend, True), _run(base, "reference", True), torch.float64)
+
+
+def test_auto_backend_on_cpu_tensors_is_the_cpu_path():
+    inputs = _inputs(1, 2, 5, 2, dtype=torch.float32)
+    assert_close(selective_scan(**inputs), selective_scan(**inputs, backend="cpu"))
+
+
+def test_custom_op_is_registered_and_passes_opcheck():
+    assert hasattr(torch.ops.parazoo, "selective_scan") and hasattr(torch.ops.parazoo, "selective_scan_bwd")
+    inputs = _inputs(1, 4, 9, 3, G=2, dtype=torch.float32)
+    args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["z"],
+            inputs["delta_bias"], None, True, True, "cpu")
+    torch.library.opcheck(torch.ops.parazoo.selective_scan.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(u=torch.randn(2, 4)), "'u'"),
+    (dict(delta=torch.randn(2, 4, 8)), "'delta'"),
+    (dict(A=torch.randn(4, 3, dtype=torch.complex64)), "complex"),
+    (dict(A=torch.randn(5, 3)), "'A'"),
+    (dict(B=torch.randn(2, 3, 4, 9)), "'B'"),            # 3 groups do not divide dim 4
+    (dict(C=torch.randn(2, 2, 9)), "'C'"),               # N mismatch
+    (dict(D=torch.randn(3)), "'D'"),
+    (dict(z=torch.randn(2, 4, 8)), "'z'"),
+    (dict(delta_bias=torch.randn(4, 1)), "'delta_bias'"),
+    (dict(u=torch.randint(0, 3, (2, 4, 9))), "floating"),
+    (dict(cu_seqlens=torch.tensor([0, 4, 9])), "batch size 1"),
+    (dict(delta_softplus="yes"), "delta_softplus"),
+    (dict(backend="gpu"), "backend"),
+])
+def test_bad_inputs_raise_value_error(bad, match):
+    args = dict(u=torch.randn(2, 4, 9), delta=torch.rand(2, 4, 9), A=-torch.rand(4, 3), B=torch.randn(2, 3, 9),
+                C=torch.randn(2, 3, 9))
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        selective_scan(**args)
+
+
+def test_bad_packed_and_update_inputs_raise_value_error():
+    args = dict(u=torch.randn(1, 4, 9), delta=torch.rand(1, 4, 9), A=-torch.rand(4, 3), B=torch.randn(1, 3, 9),
+                C=torch.randn(1, 3, 9))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        selective_scan(**args, cu_seqlens=torch.tensor([0, 4, 8]))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        selective_scan(**args, cu_seqlens=torch.tensor([0.0, 9.0]))
+    st = torch.zeros(2, 4, 3)
+    ok = dict(x=torch.randn(2, 4), dt=torch.rand(2, 4), A=-torch.rand(4, 3), B=torch.randn(2, 3), C=torch.randn(2, 3))
+    for bad, match in [(dict(x=torch.randn(2, 5)), "dim=5"), (dict(B=torch.randn(2, 3, 3)), "'B'"),
+                       (dict(A=torch.randn(4, 3, dtype=torch.complex64)), "complex"),
+                       (dict(dt_bias=torch.randn(5)), "'dt_bias'")]:
+        with pytest.raises(ValueError, match=match):
+            selective_state_update(st, **{**ok, **bad})
+    with pytest.raises(ValueError, match="'state'"):
+        selective_state_update(torch.zeros(2, 4, 5), **ok)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("L", [1000, 2100])
+def test_long_sequences_match_reference(backend, L):
+    inputs = _inputs(2, 8, L, 16, G=2, dtype=torch.float32, seed=L)
+    _compare(_run(inputs, backend, True), _run(inputs, "reference", True, cast=torch.float64), torch.float32)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    inputs = _inputs(1, 4, 9, 3, dtype=torch.float32)
+    f = torch.compile(lambda **kw: selective_scan(**kw, delta_softplus=True, backend="cpu"), fullgraph=True)
+    assert_close(f(**inputs), selective_scan(**inputs, delta_softplus=True, backend="reference"))
