@@ -50,12 +50,13 @@ def check_against_reference(backend, a, b, h0, reverse, **kw):
 # Python, so Triton cases keep few channels.
 CASES = [(1, 1, (3,)), (2, 7, (5,)), (3, 63, (2, 3)), (2, 257, (4,)), (1, 1000, (3,))]
 TRITON_CASES = [(1, 1, (3,)), (2, 7, (2,)), (1, 63, (3,)), (2, 257, (1,))]  # T = 1000: slow tier
-BACKEND_CASES = [(be, *c) for be in BACKENDS for c in (TRITON_CASES if be == "triton" else CASES)]
+DIRECTIONS = [(False, True), (True, True), (False, False), (True, False)]  # (reverse, with_h0)
+BACKEND_CASES = [(be, *c, *d) for be in BACKENDS for c in (TRITON_CASES if be == "triton" else CASES)
+                 for d in (DIRECTIONS[:2] if be == "triton" else DIRECTIONS)]
+BACKEND_CASES += [("triton", 2, 41, (3,), *d) for d in DIRECTIONS[2:]]
 
 
-@pytest.mark.parametrize("backend,B,T,chan", BACKEND_CASES, indirect=["backend"])
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("backend,B,T,chan,reverse,with_h0", BACKEND_CASES, indirect=["backend"])
 def test_matches_reference_fp32(backend, B, T, chan, reverse, with_h0):
     check_against_reference(backend, *make(B, T, chan, h0=with_h0), reverse)
 
@@ -108,7 +109,9 @@ def test_cu_seqlens_equals_separate_runs(backend, reverse, with_h0):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_fp64(backend, reverse):
     a, b, h0 = [x.detach().double().requires_grad_() for x in make(1, 5, (2,))]
-    assert torch.autograd.gradcheck(lambda *x: linear_scan(*x, reverse=reverse, backend=backend), (a, b, h0))
+    # fast_mode (random projections) keeps the interpreter's calls few
+    assert torch.autograd.gradcheck(lambda *x: linear_scan(*x, reverse=reverse, backend=backend), (a, b, h0),
+                                    fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
@@ -170,8 +173,7 @@ def test_cu_seqlens_errors_on_batch_and_h0_rows():
 def test_opcheck():
     a, b, h0 = make(2, 9, (3,))
     op = torch.ops.parazoo.linear_scan.default
-    torch.library.opcheck(op, (a, b, h0, False, "cpu"))
-    torch.library.opcheck(op, (a, b, None, True, "cpu"))
+    torch.library.opcheck(op, (a, b, h0, True, "cpu"))
 
 
 def test_torch_compile():
