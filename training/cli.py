@@ -41,6 +41,8 @@ class TrainCLI(LightningCLI):
     """LightningCLI with parazoo's loggers and callbacks attached to every run."""
 
     def __init__(self, args: list[str]):
+        # args come explicitly from the `parazoo` dispatcher; Lightning warns whenever sys.argv differs.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         super().__init__(LMModule, LMDataModule, subclass_mode_data=True, run=False, args=args,
                          seed_everything_default=0, trainer_defaults=dict(TRAINER_DEFAULTS),
                          save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
@@ -104,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         from .export import main as export_main
 
         return export_main(argv[1:])
-    # argv is given explicitly by the `parazoo` dispatcher; Lightning warns whenever sys.argv differs.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         cli = TrainCLI(argv)
         preflight(cli.model, cli.datamodule)

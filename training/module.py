@@ -9,7 +9,11 @@ Optimiser: AdamW with weight-decay groups (``optim.param_groups``: ndim >= 2 and
 is the Trainer's ``gradient_clip_val``. Metrics (``metrics.py``): loss, perplexity, bits per byte
 for text data, accuracy for synthetic tasks (per validation slice, e.g. MQAR's (kv, length)).
 Logged keys: ``train/{loss,ppl,bpb|acc,lr,tokens}``, ``val/{loss,ppl,bpb|acc}`` and
-``val/<slice>/{...}`` when the data module has several validation slices.
+``val/<slice>/{...}`` when the data module has several validation slices. Under DDP the
+validation metrics are exact over all ranks (summed statistics); ``train/*`` step values are
+rank zero's own batch (no per-step all-reduce). Resume restores weights, optimiser, schedule,
+data position and ``tokens_seen``; the RNG state is not restored, so runs with dropout > 0
+resume statistically, not bit for bit.
 """
 from __future__ import annotations
 
