@@ -10,7 +10,8 @@ values, and an O(context^2) prefill would dominate the benchmark). Each step sta
 state, so the context stays fixed. The mixers' defaults are the papers' (``MIXERS[name](d_model)``).
 
     parazoo bench mixers [--quick] [--mixers mamba,retnet] [--lens 2048,8192] [--contexts 1024,16384]
-                         [--d-model 768] [--batch 1] [--device cpu|cuda] [--repeats 3] [--out results.json]
+                         [--d-model 768] [--batch 1] [--device cpu|cuda] [--threads N] [--repeats 3]
+                         [--out results.json]
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from ._measure import markdown_table, peak_rss_bytes, rss_bytes, run_isolated, t
 def _build(p: dict, device):
     from parazoo.arch import MIXERS
 
+    if p.get("threads"):
+        torch.set_num_threads(p["threads"])
     torch.manual_seed(0)
     return MIXERS[p["mixer"]](p["d_model"]).to(device)
 
@@ -93,6 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--d-model", type=int, default=None, help="default 768 (256 with --quick)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads per case (default: torch's); 1 is steadier on a shared, loaded machine")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=60.0, help="stop repeating a case after this many seconds")
     ap.add_argument("--no-train", action="store_true")
@@ -107,7 +112,8 @@ def main(argv=None) -> int:
     lens = [int(v) for v in args.lens.split(",") if v] or ([512, 2048] if args.quick else [2048, 8192])
     contexts = [int(v) for v in args.contexts.split(",") if v] or ([256, 2048] if args.quick else [1024, 16384])
     d_model = args.d_model or (256 if args.quick else 768)
-    common = dict(d_model=d_model, batch=args.batch, device=args.device, repeats=args.repeats, budget_s=args.budget_s)
+    common = dict(d_model=d_model, batch=args.batch, device=args.device, repeats=args.repeats, budget_s=args.budget_s,
+                  threads=args.threads)
     here = "parazoo.recipes.bench.mixers"
 
     train_rows, decode_rows = [], []
@@ -139,7 +145,8 @@ def main(argv=None) -> int:
         if att.get(r["T"]) and r.get("tokens_per_s"):
             r["x_attention"] = round(r["tokens_per_s"] / att[r["T"]], 2)
     print()
-    print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, d_model {d_model}, "
+    threads = args.threads or torch.get_num_threads()
+    print(f"device: {args.device}, torch {torch.__version__}, threads {threads}, d_model {d_model}, "
           f"batch {args.batch}")
     if train_rows:
         print(markdown_table(train_rows, [("mixer", "mixer"), ("T", "T"), ("tokens_per_s", "fwd+bwd tokens/s"),
@@ -151,7 +158,7 @@ def main(argv=None) -> int:
         print(markdown_table(decode_rows, cols))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            json.dump({"device": args.device, "torch": torch.__version__, "threads": threads,
                        "d_model": d_model, "batch": args.batch, "train": train_rows, "decode": decode_rows}, f, indent=2)
     return 0
 
