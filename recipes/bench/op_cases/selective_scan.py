@@ -1,0 +1,46 @@
+"""Benchmark case of selective_scan (Mamba-1): one Mamba-130M layer.
+
+batch 1, dim (d_inner) 1536, d_state N 16, L 2048, B/C ungrouped (batch, N, L), D, z gate,
+delta_bias with softplus, A = -(1..N) (S4D-real init), delta_bias = inverse softplus of dt
+log-uniform in [1e-3, 0.1] (quick mode: L 256). Goals on a 2-core CPU, float32: cpu forward at
+least 30x faster than the sequential reference; cpu forward+backward at most 3x its forward.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import OpCase
+
+
+def _make(b, d, N, L):
+    def make():
+        g = torch.Generator().manual_seed(0)
+        dt = torch.exp(torch.empty(d).uniform_(math.log(1e-3), math.log(0.1), generator=g)).clamp_min(1e-4)
+        ins = {
+            "u": torch.randn(b, d, L, generator=g),
+            "delta": torch.randn(b, d, L, generator=g) * 0.5,
+            "A": -torch.arange(1, N + 1, dtype=torch.float32).repeat(d, 1),
+            "B": torch.randn(b, N, L, generator=g),
+            "C": torch.randn(b, N, L, generator=g),
+            "D": torch.ones(d),
+            "z": torch.randn(b, d, L, generator=g),
+            "delta_bias": dt + torch.log(-torch.expm1(-dt)),                     # inverse softplus
+        }
+        return {k: v.requires_grad_() for k, v in ins.items()}
+    return make
+
+
+def _run(x, backend):
+    from parazoo.ops import selective_scan
+    return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"], z=x["z"], delta_bias=x["delta_bias"],
+                          delta_softplus=True, backend=backend)
+
+
+def cases(quick: bool) -> list[OpCase]:
+    b, d, N, L = 1, 1536, 16, (256 if quick else 2048)
+    nbytes = 4 * (b * d * L * 4 + 2 * b * N * L)     # u, delta, z read, y written; B, C read (float32)
+    return [OpCase(op="selective_scan", shape=f"b{b} dim{d} N{N} L{L}", make=_make(b, d, N, L), run=_run,
+                   slow_reference=True, copy_bytes=nbytes,
+                   goal="cpu fwd >= 30x the sequential reference; cpu fwd+bwd <= 3x cpu fwd (Mamba-130M layer)")]
