@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from parazoo.ops import newton_solve
+from parazoo.ops import newton_solve, triton_available
 from parazoo.ops.newton import check_structure, parse_structure, sequential_solve
 
 from .registry import register_mixer
@@ -96,6 +96,15 @@ class ParaGRUCell(_ProjectedCell):
         dz = z * (1 - z) * az
         dc = (1 - c * c) * ah * (r + h * r * (1 - r) * ar)
         return h_new, dz * (c - h) + z * dc + (1 - z)
+
+    def fused_newton(self, u: torch.Tensor, h0: torch.Tensor, atol: float, rtol: float, max_iters: int):
+        """All Newton iterations in one Triton kernel (float32 inside); None where it does not apply
+        (float64, or triton missing). Used by newton_solve on the Triton backend."""
+        if torch.float64 in (u.dtype, h0.dtype) or not triton_available():
+            return None
+        from parazoo.ops.newton.triton_paragru import paragru_newton_triton
+
+        return paragru_newton_triton(u, torch.stack(self.weights()), h0, max_iters, atol, rtol)
 
 
 class ParaLSTMCell(_ProjectedCell):
@@ -205,9 +214,10 @@ class ParallelRNN(nn.Module):
             return sequential_solve(step, u, h0, "ParallelRNN")
         if self.check_structure and not self._checked:
             self._probe(step, jac_fn, u, h0)
+        fused = getattr(self.cell, "fused_newton", None) if self.closed_form else None
         h, self.last_info = newton_solve(step, u, h0, jacobian=self.structure, jac_fn=jac_fn,
                                          params=list(self.cell.parameters()), return_info=True,
-                                         **self.newton_options)
+                                         fused_forward=fused, **self.newton_options)
         return h
 
 

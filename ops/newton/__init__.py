@@ -69,7 +69,7 @@ def make_options(init="f0", picard_sweeps=2, omega=1.0, max_iters=20, atol=None,
 def newton_solve(f, x: torch.Tensor, h0: torch.Tensor | None = None, *, state_shape=None, jacobian="diag",
                  jac_fn=None, params=None, init="f0", picard_sweeps=2, omega=1.0, max_iters=20, atol=None,
                  rtol=None, check_every=1, on_fail="sequential", chunk_size=None, return_info=False,
-                 backend="auto"):
+                 fused_forward=None, backend="auto"):
     """Solve h_t = f(h_{t-1}, x_t) for t = 0..T-1 by Newton's method with parallel scans.
 
     f: callable ``f(x_t (N, *X), h_prev (N, *S)) -> h_t (N, *S)`` (the cell convention of
@@ -93,6 +93,10 @@ def newton_solve(f, x: torch.Tensor, h0: torch.Tensor | None = None, *, state_sh
         "raise" (NewtonError) or "warn" (return the last iterate; NaN/inf is never returned).
     chunk_size: solve the sequence in chunks of this length, carrying the state across.
     return_info: also return a NewtonInfo (iterations per chunk, final residual, fallbacks).
+    fused_forward: optional ``fused_forward(x, h0, atol, rtol, max_iters) -> (h, iters, residual,
+        converged) | None``: a kernel that runs all Newton iterations of this particular f itself
+        (ParaGRU's fused Triton kernel); used on the Triton backend only, None = not applicable.
+        Its result gets the same on_fail handling and the same implicit-adjoint backward.
     backend: "auto" | "triton" | "cpu" | "reference"; "reference" runs the sequential loop with
         ordinary autograd (BPTT); the others pick the backend of the scans.
 
@@ -123,6 +127,8 @@ def newton_solve(f, x: torch.Tensor, h0: torch.Tensor | None = None, *, state_sh
                 raise ValueError(f"{OP}: argument 'h0' must have shape (B, *state_shape) = {(B, *S)}, got {tuple(h0.shape)}")
     check_same_device(OP, x=x, h0=h0)
     structure.check_state_shape(tuple(h0.shape[1:]), OP)
+    if fused_forward is not None and not callable(fused_forward):
+        raise ValueError(f"{OP}: argument 'fused_forward' must be callable or None, got {type(fused_forward).__name__}")
     if jac_fn is not None and not callable(jac_fn):
         raise ValueError(f"{OP}: argument 'jac_fn' must be callable jac_fn(x_t, h_prev) -> (h_t, A) or None, got {type(jac_fn).__name__}")
     if params is None:
@@ -143,9 +149,9 @@ def newton_solve(f, x: torch.Tensor, h0: torch.Tensor | None = None, *, state_sh
     diff_params = tuple(p for p in params if p.requires_grad)
     if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or diff_params):
         info_out: list = []
-        h = NewtonAdjoint.apply((f, evaluate, structure, opts, OP, info_out), x, h0, *diff_params)
+        h = NewtonAdjoint.apply((f, evaluate, structure, opts, OP, info_out, fused_forward), x, h0, *diff_params)
         info = info_out[0]
     else:
-        h, info = newton_forward(f, evaluate, structure, x, h0, opts, OP)
+        h, info = newton_forward(f, evaluate, structure, x, h0, opts, OP, fused_forward)
         h = h.to(torch.promote_types(x.dtype, h0.dtype))
     return (h, info) if return_info else h

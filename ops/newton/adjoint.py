@@ -27,12 +27,12 @@ __all__ = ["NewtonAdjoint"]
 
 
 class NewtonAdjoint(torch.autograd.Function):
-    """apply(ctx_spec, x, h0, *params) -> h. ctx_spec = (f, evaluate, structure, opts, op, info_out)."""
+    """apply(ctx_spec, x, h0, *params) -> h. ctx_spec = (f, evaluate, structure, opts, op, info_out, fused)."""
 
     @staticmethod
     def forward(ctx, spec, x, h0, *params):
-        f, evaluate, structure, opts, op, info_out = spec
-        h, info = newton_forward(f, evaluate, structure, x, h0, opts, op)
+        f, evaluate, structure, opts, op, info_out, fused = spec
+        h, info = newton_forward(f, evaluate, structure, x, h0, opts, op, fused)
         info_out.append(info)
         ctx.spec = spec
         ctx.params = params
@@ -42,7 +42,7 @@ class NewtonAdjoint(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h):
-        f, evaluate, structure, opts, op, _ = ctx.spec
+        f, evaluate, structure, opts, op, _, _ = ctx.spec
         x, h0, h = ctx.saved_tensors
         params = ctx.params
         need_x, need_h0 = ctx.needs_input_grad[1], ctx.needs_input_grad[2]

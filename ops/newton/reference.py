@@ -19,8 +19,8 @@ def sequential_solve(f, x: torch.Tensor, h0: torch.Tensor, op: str = "newton_sol
     """h (B, T, *S) with h_t = f(h_{t-1}, x_t), h_{-1} = h0 (B, *S); x (B, T, *X)."""
     h = h0
     out = []
-    for t in range(x.shape[1]):
-        h_new = f(x[:, t], h)
+    for t, x_t in enumerate(x.unbind(1)):  # unbind: one backward node, not T full-size zero grads
+        h_new = f(x_t, h)
         if t == 0:
             check_output(h_new, h, op)
         h = h_new

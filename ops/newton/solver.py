@@ -98,9 +98,29 @@ def _solve_chunk(f, evaluate, structure: Structure, x, h0, opts: NewtonOptions, 
         k += 1
 
 
+def _run_fused(fused, f, x, h0, opts, atol, rtol, info, op):
+    """A fused kernel ran all Newton iterations; apply on_fail to the whole sequence if it failed."""
+    out = fused(x, h0, atol, rtol, opts.max_iters)
+    if out is None:
+        return None
+    h, iters, resid, ok = out
+    h = h.to(h0.dtype)
+    fell_back = False
+    if not ok:
+        finite = resid == resid and resid != float("inf") and bool(torch.isfinite(h).all())
+        h, fell_back = _fail(f, x, h0, h, iters, resid, finite, opts, op)
+    info.add(iters, resid, ok, fell_back)
+    return h, info
+
+
 def newton_forward(f, evaluate, structure: Structure, x: torch.Tensor, h0: torch.Tensor,
-                   opts: NewtonOptions, op: str = "newton_solve"):
-    """Solve the whole sequence chunk by chunk without autograd. Returns (h (B, T, *S), NewtonInfo)."""
+                   opts: NewtonOptions, op: str = "newton_solve", fused=None):
+    """Solve the whole sequence chunk by chunk without autograd. Returns (h (B, T, *S), NewtonInfo).
+
+    fused: optional ``fused(x, h0, atol, rtol, max_iters) -> (h, iters, residual, ok) | None``, a
+    kernel running every Newton iteration itself (ParaGRU's Triton kernel); used on the Triton
+    backend, and None from it means "not applicable here" (the generic path runs instead).
+    """
     dt = solve_dtype(h0.dtype)
     atol, rtol = default_tolerances(dt)
     atol = atol if opts.atol is None else opts.atol
@@ -108,6 +128,11 @@ def newton_forward(f, evaluate, structure: Structure, x: torch.Tensor, h0: torch
     T = x.shape[1]
     chunk = opts.chunk_size or T
     info = NewtonInfo()
+    if fused is not None and opts.backend == "triton":
+        with torch.no_grad():
+            done = _run_fused(fused, f, x, h0.to(dt), opts, atol, rtol, info, op)
+        if done is not None:
+            return done
     outs = []
     state = h0.to(dt)
     with torch.no_grad():

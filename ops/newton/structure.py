@@ -77,14 +77,16 @@ class Structure:
         A in this layout over (B, T, ...); b (B, T, *S). Calls the public scan ops so that the
         Triton / fused-CPU paths are used.
         """
-        from parazoo import ops
+        # from the subpackages: ``parazoo.ops.linear_scan`` is the package once a submodule is imported
+        from ..block_scan import block_scan
+        from ..linear_scan import linear_scan
 
         if self.kind == "diag":
-            return ops.linear_scan(A, b, reverse=reverse, backend=backend)
+            return linear_scan(A, b, reverse=reverse, backend=backend)
         if self.kind == "block":
-            return ops.block_scan(A, b, reverse=reverse, backend=backend)
+            return block_scan(A, b, reverse=reverse, backend=backend)
         B, T = b.shape[:2]
-        out = ops.block_scan(A, b.reshape(B, T, -1), reverse=reverse, backend=backend)
+        out = block_scan(A, b.reshape(B, T, -1), reverse=reverse, backend=backend)
         return out.reshape(b.shape)
 
     def allowed_mask(self, state_shape: tuple, device=None) -> torch.Tensor:

@@ -161,3 +161,37 @@ def test_mixers_are_registered():
     from parazoo.arch import MIXERS
 
     assert MIXERS["pararnn_gru"] is ParaGRUMixer and MIXERS["pararnn_lstm"] is ParaLSTMMixer
+
+
+# ---- fused Triton ParaGRU Newton kernel (interpreter) -------------------------------------------------
+def test_fused_triton_paragru_matches_sequential_and_bptt(triton_interpreter, monkeypatch):
+    import parazoo.ops.newton.triton_paragru as tp
+
+    calls = []
+    real = tp.paragru_newton_triton
+    monkeypatch.setattr(tp, "paragru_newton_triton", lambda *a: calls.append(1) or real(*a))
+    cell, _, x, h0 = make("gru", H=5, T=21, dtype=torch.float32)  # 2 tiles of 16 steps: the carry is used
+    rnn = ParallelRNN(cell, backend="triton")
+    h = rnn(x, h0)
+    assert calls, "the fused kernel was not used on the triton backend"
+    assert rnn.last_info.converged and rnn.last_info.iterations[0] >= 1
+    h_seq = rnn(x, h0, mode="sequential")
+    assert_close(h, h_seq, name="fused h")
+    inputs = [x, h0, *cell.parameters()]
+    for got, want in zip(grads(h, inputs), grads(h_seq, inputs)):
+        assert_close(got, want, name="fused grads")
+
+
+def test_fused_triton_paragru_failure_goes_through_on_fail(triton_interpreter, monkeypatch):
+    from parazoo.ops.newton import NewtonError, solver
+
+    monkeypatch.setitem(solver._WARNED, "fallback", False)
+
+    cell, _, x, h0 = make("gru", H=3, T=9, dtype=torch.float32, scale=3.0)
+    with pytest.raises(NewtonError, match="did not converge"):
+        ParallelRNN(cell, backend="triton", max_iters=0, on_fail="raise")(x, h0)
+    rnn = ParallelRNN(cell, backend="triton", max_iters=0, on_fail="sequential")
+    with pytest.warns(RuntimeWarning):
+        h = rnn(x, h0)
+    assert rnn.last_info.fell_back == 1
+    assert_close(h, rnn(x, h0, mode="sequential"))
