@@ -115,8 +115,9 @@ def _blocks(n: int) -> tuple[int, int, int]:
     if block_n > 65536:
         raise RuntimeError(f"rms_norm: backend='triton' supports groups of at most 65536 channels, got {n}; "
                            "use backend='cpu'")
-    block_m = max(1, min(16, 4096 // block_n))
-    num_warps = 4 if block_m * block_n <= 4096 else 8
+    block_m = max(1, min(16, 2048 // block_n))
+    # about 8 elements per thread per tile (no spills up to 2048-channel groups on sm_80/sm_90)
+    num_warps = min(16, max(4, block_m * block_n // 256))
     return block_m, block_n, num_warps
 
 
@@ -177,8 +178,10 @@ def rms_norm_bwd(dy, x, weight, z, rstd, norm_before_gate: bool, group_size: int
     return dx.reshape(x.shape), dweight, (dz.reshape(z.shape) if dz is not None else None)
 
 
-def _spec(name, sig, label, **const):
-    return AotSpec(module=__name__, name=name, signature=sig, constexprs=const, label=label)
+def _spec(name, sig, label, n, **const):
+    block_m, block_n, num_warps = _blocks(n)
+    return AotSpec(module=__name__, name=name, signature=sig, constexprs=dict(const, BLOCK_M=block_m, BLOCK_N=block_n),
+                   label=label, num_warps=num_warps)
 
 
 _FWD_SIG = {"X": "*{t}", "W": "*fp32", "Z": "*{t}", "Y": "*{t}", "RSTD": "*fp32",
@@ -195,12 +198,12 @@ def _sig(base, t):
 
 
 AOT_SPECS = [
-    _spec(kernel, _sig(sig, t), f"{t}-{label}", HAS_W=hw, HAS_Z=hz, NORM_BEFORE_GATE=nbg, IS_F64=False,
-          BLOCK_M=bm, BLOCK_N=bn)
+    _spec(kernel, _sig(sig, t), f"{t}-{label}", n, HAS_W=hw, HAS_Z=hz, NORM_BEFORE_GATE=nbg, IS_F64=False)
     for kernel, sig in (("_rmsnorm_fwd_kernel", _FWD_SIG), ("_rmsnorm_bwd_kernel", _BWD_SIG))
-    for t, label, hw, hz, nbg, bm, bn in (
-        ("fp32", "D1024", True, False, True, 4, 1024),
-        ("bf16", "gated-D2048", True, True, True, 2, 2048),
-        ("bf16", "mamba2-group-D128", True, True, False, 16, 128),
+    for t, label, hw, hz, nbg, n in (
+        ("fp32", "D1024", True, False, True, 1024),
+        ("bf16", "gated-D2048", True, True, True, 2048),
+        ("bf16", "mamba2-group-D128", True, True, False, 128),
+        ("fp32", "D8192", True, False, True, 8192),
     )
 ]
