@@ -70,7 +70,9 @@ import triton
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
 specs, caps = json.loads(sys.stdin.read())
-ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+_bin = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+# the newest bundled ptxas first: the plain one can be older than the PTX version Triton emits
+ptxas_all = [p for p in (os.path.join(_bin, "ptxas-blackwell"), os.path.join(_bin, "ptxas")) if os.path.exists(p)]
 out = []
 for s in specs:
     fn = getattr(importlib.import_module(s["module"]), s["name"])
@@ -82,11 +84,14 @@ for s in specs:
                                options={"num_warps": s["num_warps"], "num_stages": s["num_stages"]})
             rec["ok"] = True
             rec["shared"] = k.metadata.shared
-            if os.path.exists(ptxas):
+            if ptxas_all:
                 with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
                     f.write(k.asm["ptx"])
-                r = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{cap}{'a' if cap == 90 else ''}", f.name, "-o", os.devnull],
-                                   capture_output=True, text=True)
+                for ptxas in ptxas_all:
+                    r = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{cap}{'a' if cap == 90 else ''}", f.name, "-o", os.devnull],
+                                       capture_output=True, text=True)
+                    if r.returncode == 0:
+                        break
                 os.unlink(f.name)
                 txt = r.stdout + r.stderr
                 m = re.search(r"Used (\d+) registers", txt)
