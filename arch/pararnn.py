@@ -70,11 +70,23 @@ class _ProjectedCell(nn.Module):
     def forward(self, x_t: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         return self.step(self.project(x_t), h_prev)
 
+    def fused_newton(self, u: torch.Tensor, h0: torch.Tensor, atol: float, rtol: float, max_iters: int):
+        """All Newton iterations in one Triton kernel (float32 inside, ops/newton/triton_para*.py);
+        None where it does not apply (float64, or no triton). Used by newton_solve on backend triton."""
+        if torch.float64 in (u.dtype, h0.dtype) or not triton_available():
+            return None
+        import importlib
+
+        mod, fn = self.fused_kernel
+        kernel = getattr(importlib.import_module(f"parazoo.ops.newton.{mod}"), fn)
+        return kernel(u, torch.stack(self.weights()), h0, max_iters, atol, rtol)
+
 
 class ParaGRUCell(_ProjectedCell):
     """ParaGRU cell: state (N, H); diagonal Jacobian."""
 
     jacobian_structure = "diag"
+    fused_kernel = ("triton_paragru", "paragru_newton_triton")
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, recurrent_bound: float | None = None):
         super().__init__(input_size, hidden_size, 3, bias, recurrent_bound)  # recurrent rows: a_z, a_r, a_h
@@ -97,20 +109,12 @@ class ParaGRUCell(_ProjectedCell):
         dc = (1 - c * c) * ah * (r + h * r * (1 - r) * ar)
         return h_new, dz * (c - h) + z * dc + (1 - z)
 
-    def fused_newton(self, u: torch.Tensor, h0: torch.Tensor, atol: float, rtol: float, max_iters: int):
-        """All Newton iterations in one Triton kernel (float32 inside); None where it does not apply
-        (float64, or triton missing). Used by newton_solve on the Triton backend."""
-        if torch.float64 in (u.dtype, h0.dtype) or not triton_available():
-            return None
-        from parazoo.ops.newton.triton_paragru import paragru_newton_triton
-
-        return paragru_newton_triton(u, torch.stack(self.weights()), h0, max_iters, atol, rtol)
-
 
 class ParaLSTMCell(_ProjectedCell):
     """ParaLSTM cell (CIFG, peepholes): state (N, H, 2) = [c, h] per channel; 2x2 Jacobian blocks."""
 
     jacobian_structure = ("block", 2)
+    fused_kernel = ("triton_paralstm", "paralstm_newton_triton")
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, recurrent_bound: float | None = None):
         super().__init__(input_size, hidden_size, 5, bias, recurrent_bound)  # a_f, a_c, a_o, p_f, p_o

@@ -25,7 +25,7 @@ from .._backend import triton_interpret
 from .._triton_aot import AotSpec
 from ..linear_scan.triton_scan import _combine
 
-__all__ = ["paragru_newton_triton", "AOT_SPECS"]
+__all__ = ["paragru_newton_triton", "launch_newton_kernel", "AOT_SPECS"]
 
 
 @triton.jit
@@ -107,26 +107,33 @@ def _paragru_newton_fwd_kernel(
 def _blocks(T: int, H: int) -> tuple[int, int]:
     if triton_interpret():
         return max(2, min(16, triton.next_power_of_2(T))), max(2, min(16, triton.next_power_of_2(H)))
-    return max(16, min(128, triton.next_power_of_2(T))), 16
+    return max(16, min(64, triton.next_power_of_2(T))), 16  # 64 x 16 tile: no spills at 4 warps (AOT)
 
 
-def paragru_newton_triton(u: torch.Tensor, weights: torch.Tensor, h0: torch.Tensor, max_iters: int,
-                          atol: float, rtol: float):
-    """u (B, T, 3H), weights (3, H) (already bounded), h0 (B, H) -> (h (B, T, H) fp32, iters, resid, ok)."""
+def launch_newton_kernel(kernel, u: torch.Tensor, weights: torch.Tensor, h0: torch.Tensor, state_tail: tuple,
+                         max_iters: int, atol: float, rtol: float):
+    """Run a fused Newton kernel (ParaGRU / ParaLSTM) over u (B, T, 3H) from h0 (B, H, *state_tail).
+    Returns (states (B, T, H, *state_tail) fp32, max iterations, max residual, converged everywhere)."""
     B, T, H3 = u.shape
     H = H3 // 3
     u = u.contiguous()
     w = weights.detach().to(torch.float32).contiguous()
     h0 = h0.detach().to(torch.float32).contiguous()
-    out = torch.empty(B, T, H, device=u.device, dtype=torch.float32)
+    out = torch.empty(B, T, H, *state_tail, device=u.device, dtype=torch.float32)
     BT, BH = _blocks(T, H)
     nhb = triton.cdiv(H, BH)
     iters = torch.zeros(B, nhb, device=u.device, dtype=torch.int32)
     resid = torch.zeros(B, nhb, device=u.device, dtype=torch.float32)
     ok = torch.zeros(B, nhb, device=u.device, dtype=torch.int32)
-    _paragru_newton_fwd_kernel[(B, nhb)](u, w, h0, out, iters, resid, ok, T, H, max_iters, float(atol), float(rtol),
-                                         BLOCK_T=BT, BLOCK_H=BH, num_warps=4)
-    return out, int(iters.max()), float(resid.max()), bool(ok.min() == 1)
+    kernel[(B, nhb)](u, w, h0, out, iters, resid, ok, T, H, max_iters, float(atol), float(rtol),
+                     BLOCK_T=BT, BLOCK_H=BH, num_warps=4)
+    return out, int(iters.max()), float(resid.max()), bool(ok.min() == 1)  # one host sync
+
+
+def paragru_newton_triton(u: torch.Tensor, weights: torch.Tensor, h0: torch.Tensor, max_iters: int,
+                          atol: float, rtol: float):
+    """u (B, T, 3H), weights (3, H) (already bounded), h0 (B, H) -> (h (B, T, H) fp32, iters, resid, ok)."""
+    return launch_newton_kernel(_paragru_newton_fwd_kernel, u, weights, h0, (), max_iters, atol, rtol)
 
 
 AOT_SPECS = [
@@ -134,6 +141,6 @@ AOT_SPECS = [
             signature={"U": f"*{dt}", "W": "*fp32", "H0": "*fp32", "OUT": "*fp32", "ITERS": "*i32", "RESID": "*fp32",
                        "OK": "*i32", "T": "i32", "H": "i32", "max_iters": "i32", "atol": "fp32", "rtol": "fp32",
                        "BLOCK_T": "constexpr", "BLOCK_H": "constexpr"},
-            constexprs={"BLOCK_T": 128, "BLOCK_H": 16}, label=dt)
+            constexprs={"BLOCK_T": 64, "BLOCK_H": 16}, label=dt)
     for dt in ("fp32", "bf16")
 ]

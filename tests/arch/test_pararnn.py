@@ -163,14 +163,17 @@ def test_mixers_are_registered():
     assert MIXERS["pararnn_gru"] is ParaGRUMixer and MIXERS["pararnn_lstm"] is ParaLSTMMixer
 
 
-# ---- fused Triton ParaGRU Newton kernel (interpreter) -------------------------------------------------
-def test_fused_triton_paragru_matches_sequential_and_bptt(triton_interpreter, monkeypatch):
-    import parazoo.ops.newton.triton_paragru as tp
+# ---- fused Triton ParaGRU / ParaLSTM Newton kernels (interpreter) -------------------------------------------------
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_fused_triton_newton_matches_sequential_and_bptt(kind, triton_interpreter, monkeypatch):
+    import importlib
 
+    cell, _, x, h0 = make(kind, H=3, B=1, T=19, dtype=torch.float32)  # 2 tiles of 16 steps: the carry is used
+    mod, fn = cell.fused_kernel
+    mod = importlib.import_module(f"parazoo.ops.newton.{mod}")
     calls = []
-    real = tp.paragru_newton_triton
-    monkeypatch.setattr(tp, "paragru_newton_triton", lambda *a: calls.append(1) or real(*a))
-    cell, _, x, h0 = make("gru", H=5, T=21, dtype=torch.float32)  # 2 tiles of 16 steps: the carry is used
+    real = getattr(mod, fn)
+    monkeypatch.setattr(mod, fn, lambda *a: calls.append(1) or real(*a))
     rnn = ParallelRNN(cell, backend="triton")
     h = rnn(x, h0)
     assert calls, "the fused kernel was not used on the triton backend"
@@ -182,12 +185,13 @@ def test_fused_triton_paragru_matches_sequential_and_bptt(triton_interpreter, mo
         assert_close(got, want, name="fused grads")
 
 
-def test_fused_triton_paragru_failure_goes_through_on_fail(triton_interpreter, monkeypatch):
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_fused_triton_failure_goes_through_on_fail(kind, triton_interpreter, monkeypatch):
     from parazoo.ops.newton import NewtonError, solver
 
     monkeypatch.setitem(solver._WARNED, "fallback", False)
 
-    cell, _, x, h0 = make("gru", H=3, T=9, dtype=torch.float32, scale=3.0)
+    cell, _, x, h0 = make(kind, H=3, B=1, T=9, dtype=torch.float32, scale=3.0)
     with pytest.raises(NewtonError, match="did not converge"):
         ParallelRNN(cell, backend="triton", max_iters=0, on_fail="raise")(x, h0)
     rnn = ParallelRNN(cell, backend="triton", max_iters=0, on_fail="sequential")
