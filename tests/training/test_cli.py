@@ -37,9 +37,11 @@ def test_debug_recipe_end_to_end_and_export(tmp_path, debug_recipe, capsys):
 
 
 def test_resumed_run_continues_the_same_loss_curve(tmp_path, debug_recipe):
-    """Kill after 3 of 6 steps (mid-epoch), resume from last.ckpt: every step's loss equals the
-    uninterrupted run's (CPU, seeded, deterministic data order)."""
+    """Kill after 3 of 6 steps (mid-epoch: 4 batches per epoch), resume from last.ckpt: every
+    step's loss equals the uninterrupted run's, across the epoch boundary too (CPU, seeded,
+    deterministic data order)."""
     common = ["--config", debug_recipe, "--out_dir", tmp_path, "--model.decay_steps", 6, "--model.warmup_steps", 2,
+              "--data.init_args.num_train_examples", 64,
               "--trainer.limit_val_batches", 0, "--checkpoint_every_n_steps", 1, *FAST]
     assert run_train(*common, "--name", "full", "--trainer.max_steps", 6) == 0
     assert run_train(*common, "--name", "cut", "--trainer.max_steps", 3) == 0

@@ -151,10 +151,19 @@ def test_resumable_loader_continues_mid_epoch():
     assert state == {"epoch": 0, "batches_consumed": 2}
     ld2 = ResumableLoader(ds, 3, SkippingSampler(ds, 1, 0, True, 7))
     ld2.load_state_dict(state)
-    assert len(ld2) == len(full) - 2
+    assert len(ld2) == len(full)                                      # Lightning counts the full epoch
     rest = [b["input_ids"][:, 0].tolist() for b in ld2]
     assert first + rest == full and len(full) == 6
-    assert [b["input_ids"][:, 0].tolist() for b in ld2] == full      # the next epoch starts from the top
+    assert [b["input_ids"][:, 0].tolist() for b in ld2] == full      # a second pass starts from the top
+    # a position saved in epoch 1 applies once the sampler is in epoch 1, not before
+    ld3 = ResumableLoader(ds, 3, SkippingSampler(ds, 1, 0, True, 7))
+    ld3.load_state_dict({"epoch": 1, "batches_consumed": 4})
+    ld3.sampler.set_epoch(1)
+    ref = ResumableLoader(ds, 3, SkippingSampler(ds, 1, 0, True, 7))
+    ref.sampler.set_epoch(1)
+    ep1 = [b["input_ids"][:, 0].tolist() for b in ref]
+    assert ep1 != full and [b["input_ids"][:, 0].tolist() for b in ld3] == ep1[4:]
+    assert ld3.state_dict() == {"epoch": 1, "batches_consumed": 6}
     # two ranks see disjoint halves of the same permutation
     r0 = [i for b in ResumableLoader(ds, 2, SkippingSampler(ds, 2, 0, True, 7)) for i in b["input_ids"][:, 0].tolist()]
     r1 = [i for b in ResumableLoader(ds, 2, SkippingSampler(ds, 2, 1, True, 7)) for i in b["input_ids"][:, 0].tolist()]

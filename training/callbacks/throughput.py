@@ -10,13 +10,14 @@ GPU, the process's peak resident set size (ru_maxrss) on CPU. Logged as
 from __future__ import annotations
 
 import resource
+import statistics
 import sys
 import time
 
 import lightning as L
 import torch
 
-__all__ = ["Throughput", "peak_memory_mb"]
+__all__ = ["Throughput", "peak_memory_mb", "summarise_steps"]
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -58,9 +59,16 @@ class Throughput(L.Callback):
                                on_step=True, on_epoch=False, batch_size=x.shape[0])
 
     def summary(self) -> dict[str, float]:
-        """Mean over the recorded steps: tokens/s, samples/s, step seconds."""
+        """Over the recorded steps: mean tokens/s, samples/s and step seconds, plus the median step
+        time and the tokens/s it implies (robust to load spikes on a shared machine)."""
         if not self.history:
             return {}
-        t = sum(h[0] for h in self.history)
-        return {"tokens_per_s": sum(h[1] for h in self.history) / t, "samples_per_s": sum(h[2] for h in self.history) / t,
-                "step_time_s": t / len(self.history), "steps": len(self.history)}
+        return summarise_steps([h[0] for h in self.history], [h[1] for h in self.history], [h[2] for h in self.history])
+
+
+def summarise_steps(times: list[float], tokens: list[int], samples: list[int]) -> dict[str, float]:
+    """Throughput figures from per-step wall times and token/sample counts."""
+    t = sum(times)
+    med = statistics.median(times)
+    return {"tokens_per_s": sum(tokens) / t, "samples_per_s": sum(samples) / t, "step_time_s": t / len(times),
+            "median_step_time_s": med, "median_tokens_per_s": statistics.median(tokens) / med, "steps": len(times)}

@@ -39,7 +39,8 @@ class TensorPairs(Dataset):
 
 class SkippingSampler(DistributedSampler):
     """DistributedSampler (seeded per-epoch permutation, split over ranks) that can start an epoch
-    after ``skip`` samples of this rank's share (used once, when resuming mid-epoch)."""
+    after ``skip`` samples of this rank's share (used once, when resuming mid-epoch). Its length
+    stays the full epoch's, as Lightning counts the resumed epoch's batches from the checkpoint."""
 
     def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool, seed: int):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
@@ -49,9 +50,6 @@ class SkippingSampler(DistributedSampler):
         indices = list(super().__iter__())
         skip, self.skip = self.skip, 0
         return iter(indices[skip:])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.skip
 
 
 class ShardSampler(DistributedSampler):
@@ -73,17 +71,26 @@ class ResumableLoader(DataLoader):
     """A DataLoader whose position (epoch, batches consumed) is checkpointed by Lightning.
 
     Sized, so Lightning does not prefetch ahead: the count of batches handed out equals the count
-    of batches trained on when a checkpoint is written at the end of a step."""
+    of batches trained on when a checkpoint is written at the end of a step. A loaded position
+    applies when the loader is next iterated in that same epoch (Lightning sets the sampler's
+    epoch after loading the state and before the first batch)."""
 
     def __init__(self, dataset, batch_size: int, sampler: SkippingSampler, num_workers: int = 0, **kwargs):
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
                          **kwargs)
         self._epoch_started = 0
         self._consumed = 0
+        self._resume: tuple[int, int] | None = None
 
     def __iter__(self):
-        self._epoch_started = self.sampler.epoch
-        self._consumed = self.sampler.skip // self.batch_size
+        # a generator: this body runs at the first next(), after Lightning's set_epoch
+        epoch = self.sampler.epoch
+        self._consumed = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            self._consumed = self._resume[1]
+            self.sampler.skip = self._consumed * self.batch_size
+        self._resume = None
+        self._epoch_started = epoch
         for batch in super().__iter__():
             self._consumed += 1
             yield batch
@@ -92,8 +99,7 @@ class ResumableLoader(DataLoader):
         return {"epoch": self._epoch_started, "batches_consumed": self._consumed}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("epoch") == self.sampler.epoch:
-            self.sampler.skip = int(state["batches_consumed"]) * self.batch_size
+        self._resume = (int(state["epoch"]), int(state["batches_consumed"]))
 
 
 class LMDataModule(L.LightningDataModule):
