@@ -1,9 +1,9 @@
 """Fast CPU path of the selective scan: the fused C loops of ``cpu_kernel``, or pure torch without a compiler.
 
-Pointwise work (dl = softplus(delta + bias), the silu(z) gate and their gradients) runs in torch
-(``_pointwise``); the scan core runs in C (``cpu_kernel``) or in chunked torch (``cpu_torch``),
-both with the same interface and checkpoint format ckpt (batch, dim, n_chunks, N) = h just
-before each chunk. B, C arrive as (batch, G, N, L). float16/bfloat16 inputs are computed in
+The C kernels (``cpu_kernel``) do everything, pointwise parts included, in one pass per row.
+Without a compiler the pointwise parts run in torch (``_pointwise``) around the chunked-torch
+scan core (``cpu_torch``). Both keep checkpoints ckpt (batch, dim, n_chunks, N) = h just before
+each chunk. B, C arrive as (batch, G, N, L). float16/bfloat16 inputs are computed in
 float32; float64 stays float64.
 """
 from __future__ import annotations
@@ -31,36 +31,40 @@ def _c(t, dtype):
     return None if t is None else t.to(dtype).contiguous()
 
 
-def _c_fwd(lib, u, dl, A, B, C, D, gate, reset, end_id, nseq, need_ckpt, dt):
+def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, softplus, reset, end_id, nseq, need_ckpt, dt):
     batch, dim, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
-    u_, A_, D_ = _c(u, dt), _c(A, dt), _c(D, dt)
+    u_, dl_, A_, D_, z_, db_ = (_c(t, dt) for t in (u, delta, A, D, z, delta_bias))
     Bt, Ct = (_c(X.transpose(-1, -2), dt) for X in (B, C))            # (b, G, L, N)
     y = torch.empty(batch, dim, L, dtype=dt)
     last = torch.zeros(batch, nseq, dim, N, dtype=dt)
     ckpt = torch.empty(batch, dim, -(-L // CHUNK), N, dtype=dt) if need_ckpt else torch.empty(0, dtype=dt)
     getattr(lib, "ss_fwd_f64" if dt == torch.float64 else "ss_fwd_f32")(
-        ptr(u_), ptr(dl), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(gate), ptr(reset), ptr(end_id),
+        ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(reset), ptr(end_id),
         ptr(y), ptr(last), ptr(ckpt) if need_ckpt else None,
-        batch, dim, L, N, GB, GC, nseq, CHUNK, torch.get_num_threads())
+        batch, dim, L, N, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
     return y, last, ckpt
 
 
-def _c_bwd(lib, u, dl, A, B, C, D, dy, need_ypre, reset, end_id, nseq, ckpt, dlast, dt):
+def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, reset, end_id, nseq, ckpt, dt):
     batch, dim, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
-    u_, A_, D_, ck, dlast_ = _c(u, dt), _c(A, dt), _c(D, dt), _c(ckpt, dt), _c(dlast, dt)
+    u_, dl_, A_, D_, z_, db_, do_ = (_c(t, dt) for t in (u, delta, A, D, z, delta_bias, dout))
+    ck, dlast_ = _c(ckpt, dt), _c(dlast, dt)
     Bt, Ct = (_c(X.transpose(-1, -2), dt) for X in (B, C))            # (b, G, L, N)
-    du, ddl = torch.empty_like(u_), torch.empty_like(u_)
+    du, ddelta = torch.empty_like(u_), torch.empty_like(u_)
     dA = torch.empty(batch, dim, N, dtype=dt)
     dBt, dCt = torch.zeros_like(Bt), torch.zeros_like(Ct)
     dD = torch.empty(batch, dim, dtype=dt)
-    ypre = torch.empty_like(u_) if need_ypre else None
+    dz = torch.empty_like(u_) if z is not None else None
     getattr(lib, "ss_bwd_f64" if dt == torch.float64 else "ss_bwd_f32")(
-        ptr(u_), ptr(dl), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(dy), ptr(reset), ptr(end_id), ptr(ck), ptr(dlast_),
-        ptr(du), ptr(ddl), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(ypre),
-        batch, dim, L, N, GB, GC, nseq, CHUNK, torch.get_num_threads())
-    return du, ddl, dA.sum(0), dBt.transpose(-1, -2), dCt.transpose(-1, -2), dD.sum(0), ypre
+        ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(reset), ptr(end_id),
+        ptr(ck), ptr(do_), ptr(dlast_),
+        ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz),
+        batch, dim, L, N, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
+    return (du, ddelta, dA.sum(0), dBt.transpose(-1, -2), dCt.transpose(-1, -2),
+            dD.sum(0) if D is not None else None, dz,
+            ddelta.sum((0, 2)) if delta_bias is not None else None)
 
 
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, cu_seqlens, need_ckpt: bool):
@@ -68,23 +72,26 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, cu_s
     dt = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, L = u.shape
     reset, end_id, nseq = seq_meta(cu_seqlens, L, u.device)
-    dl, gate = delta_fwd(delta, delta_bias, softplus, dt), gate_fwd(z, dt)
     lib = _lib(u)
-    core = (lambda *a: _c_fwd(lib, *a)) if lib is not None else cpu_torch.scan_fwd
-    y, last, ckpt = core(u, dl, A, B, C, D, gate, reset, end_id, nseq, need_ckpt, dt)
+    if lib is not None:
+        y, last, ckpt = _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, softplus, reset, end_id, nseq, need_ckpt, dt)
+    else:
+        dl, gate = delta_fwd(delta, delta_bias, softplus, dt), gate_fwd(z, dt)
+        y, last, ckpt = cpu_torch.scan_fwd(u, dl, A, B, C, D, gate, reset, end_id, nseq, need_ckpt, dt)
     return y, last.view(batch * nseq, dim, A.shape[1]), ckpt
 
 
 def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus: bool, cu_seqlens, ckpt):
     """-> du, ddelta, dA, dB, dC, dD, dz, ddelta_bias in the compute dtype (None for absent inputs)."""
     dt = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    L = u.shape[2]
-    reset, end_id, nseq = seq_meta(cu_seqlens, L, u.device)
+    reset, end_id, nseq = seq_meta(cu_seqlens, u.shape[2], u.device)
+    lib = _lib(u)
+    if lib is not None:
+        return _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, reset, end_id, nseq, ckpt, dt)
     dl = delta_fwd(delta, delta_bias, softplus, dt)
     dy, sz = gate_bwd(dout, z, dt)
-    lib = _lib(u)
-    core = (lambda *a: _c_bwd(lib, *a)) if lib is not None else cpu_torch.scan_bwd
-    du, ddl, dA, dB, dC, dD, ypre = core(u, dl, A, B, C, D, dy, z is not None, reset, end_id, nseq, ckpt, dlast, dt)
+    du, ddl, dA, dB, dC, dD, ypre = cpu_torch.scan_bwd(u, dl, A, B, C, D, dy, z is not None, reset, end_id, nseq,
+                                                       ckpt, dlast, dt)
     ddelta, ddelta_bias = delta_bwd(ddl, delta, delta_bias, softplus, dt)
     dz = gate_dz(dout, z, sz, ypre, dt) if z is not None else None
     return du, ddelta, dA, dB, dC, (dD if D is not None else None), dz, ddelta_bias

@@ -4,9 +4,11 @@ One OpenMP task per (batch, dim) row; the N-vector state h lives on the stack (i
 N = 16, which gets its own constant-N instance) and the row makes one pass over L, so nothing of
 size (batch, dim, L, N) ever exists. B and C arrive transposed to (batch, G, L, N) so that each
 time step reads one contiguous N-vector. The pointwise parts (dl = softplus(delta + bias), the
-silu(z) gate and their derivatives) are done by ``_pointwise`` in torch, vectorised, around these.
+silu(z) gate and their derivatives) run in a vectorised pre-pass over each row into per-thread
+row buffers, so the whole op is one pass over the inputs.
 
-Forward (per row, h_{-1} = 0, reset to 0 at sequence starts):
+Forward (per row, h_{-1} = 0, reset to 0 at sequence starts), dl_t = [softplus](delta_t + bias),
+gate_t = silu(z_t) (1 without z):
     a_t = exp(dl_t A);  h_t = a_t h_{t-1} + dl_t u_t B_t;  y_t = (C_t . h_t + D u_t) * gate_t
     h just before every multiple of K steps is kept as a checkpoint for the backward.
 
@@ -15,11 +17,12 @@ from the checkpoints):
     g_t  = dy_t C_t + a_{t+1} g_{t+1}  (+ dlast at a sequence end; nothing flows across a reset)
     dC_t += dy_t h_t;  dB_t += g_t dl_t u_t;  du_t = D dy_t + dl_t (g_t . B_t)
     ddl_t = g_t . (a_t h_{t-1} A + B_t u_t);  dA += g_t a_t h_{t-1} dl_t;  dD += dy_t u_t
-    ypre_t = C_t . h_t + D u_t  (returned for dz when there is a gate)
+    ddelta_t = ddl_t sigmoid(delta_t + bias) (softplus);  dz_t = dout_t (C_t . h_t + D u_t) silu'(z_t)
 dB, dC are summed over the channels of a group in per-thread buffers, added together at the end.
 
 float32 uses a branch-free exp (Cody-Waite reduction + degree-7 polynomial, ~1 ulp, inputs
-clamped to [-87, 88]) that the compiler vectorises over N; float64 uses libm's exp.
+clamped to [-87, 88]) and log1p on [0, 1] (atanh series) that the compiler vectorises; float64
+uses libm's exp and log1p.
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ __all__ = ["LIB", "CHUNK"]
 CHUNK = 64  # checkpoint spacing K (time steps)
 
 _COMMON = r"""
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("prefer-vector-width=512")   /* N = 16 floats = one zmm register */
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -53,9 +59,52 @@ static inline float ss_vexp_f32(float x) {
     memcpy(&s, &bits, sizeof(s));
     return p * s;
 }
+
+/* log1p(e) for e in [0, 1]: 2 atanh(s), s = e / (2 + e) <= 1/3, odd series to s^13 (~1e-8 relative) */
+static inline float ss_log1p01_f32(float e) {
+    const float s = e / (2.0f + e), s2 = s * s;
+    float p = 1.0f / 13;
+    p = p * s2 + 1.0f / 11;
+    p = p * s2 + 1.0f / 9;
+    p = p * s2 + 1.0f / 7;
+    p = p * s2 + 1.0f / 5;
+    p = p * s2 + 1.0f / 3;
+    p = p * s2 + 1.0f;
+    return 2.0f * s * p;
+}
 """
 
 _TEMPLATE = r"""
+/* per-row pointwise pre-pass (vectorised): dl = softplus(delta + bias) or delta + bias,
+   sg = d dl / d delta (sigmoid(delta + bias) or 1); gate = silu(z), sz = sigmoid(z) */
+static inline void ss_prep_delta_SFX(const SCALAR* dr, SCALAR bias, int64_t softplus, SCALAR* dl, SCALAR* sg, int64_t L)
+{
+    if (!softplus) {
+        for (int64_t t = 0; t < L; t++) { dl[t] = dr[t] + bias; if (sg) sg[t] = 1; }
+        return;
+    }
+    #pragma omp simd
+    for (int64_t t = 0; t < L; t++) {
+        const SCALAR raw = dr[t] + bias;
+        const SCALAR e = VEXP(-(raw < 0 ? -raw : raw));                  /* exp(-|raw|) in (0, 1] */
+        const SCALAR pos = raw > 0 ? raw : (SCALAR)0;
+        dl[t] = raw > (SCALAR)20 ? raw : pos + LOG1P01(e);
+        if (sg) sg[t] = raw >= 0 ? (SCALAR)1 / ((SCALAR)1 + e) : e / ((SCALAR)1 + e);
+    }
+}
+
+static inline void ss_prep_gate_SFX(const SCALAR* zr, SCALAR* gate, SCALAR* sz, int64_t L)
+{
+    #pragma omp simd
+    for (int64_t t = 0; t < L; t++) {
+        const SCALAR zz = zr[t];
+        const SCALAR e = VEXP(-(zz < 0 ? -zz : zz));
+        const SCALAR s = zz >= 0 ? (SCALAR)1 / ((SCALAR)1 + e) : e / ((SCALAR)1 + e);
+        gate[t] = zz * s;
+        if (sz) sz[t] = s;
+    }
+}
+
 /* one row (b, d) of the forward; N is a compile-time constant where the caller passes a literal */
 static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
         const SCALAR* ur, const SCALAR* dlr, const SCALAR* Ar, const SCALAR* Bb, const SCALAR* Cb,
@@ -64,8 +113,9 @@ static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
 {
     SCALAR h[N];
     for (int64_t n = 0; n < N; n++) h[n] = 0;
-    for (int64_t t = 0; t < L; t++) {
-        if (ck_row && t % K == 0) for (int64_t n = 0; n < N; n++) ck_row[(t / K) * N + n] = h[n];
+    for (int64_t t = 0, kk = 0, c = 0; t < L; t++, kk++) {
+        if (kk == K) { kk = 0; c++; }
+        if (ck_row && kk == 0) for (int64_t n = 0; n < N; n++) ck_row[c * N + n] = h[n];
         if (reset[t]) for (int64_t n = 0; n < N; n++) h[n] = 0;
         const SCALAR dl = dlr[t], x = ur[t], dlx = dl * x;
         const SCALAR* Bp = Bb + t * N;
@@ -84,26 +134,33 @@ static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
     }
 }
 
-void ss_fwd_SFX(const SCALAR* u, const SCALAR* dl, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
-                const SCALAR* Dv, const SCALAR* gate, const int32_t* reset, const int32_t* end_id,
+void ss_fwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
+                const SCALAR* Dv, const SCALAR* z, const SCALAR* dbias, const int32_t* reset, const int32_t* end_id,
                 SCALAR* y, SCALAR* last, SCALAR* ckpt,
                 int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t GB, int64_t GC, int64_t nseq,
-                int64_t K, int64_t nthreads)
+                int64_t K, int64_t softplus, int64_t nthreads)
 {
     const int64_t rows = batch * dim, nck = (L + K - 1) / K;
-    #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t b = r / dim, d = r % dim;
-        const SCALAR* Bb = Bt + (b * GB + d / (dim / GB)) * L * N;
-        const SCALAR* Cb = Ct + (b * GC + d / (dim / GC)) * L * N;
-        const SCALAR Dd = Dv ? Dv[d] : (SCALAR)0;
-        const SCALAR* gr = gate ? gate + r * L : 0;
-        SCALAR* last_row = last ? last + (b * nseq * dim + d) * N : 0;
-        SCALAR* ck_row = ckpt ? ckpt + r * nck * N : 0;
-        if (N == 16)
-            ss_fwd_row_SFX(u + r * L, dl + r * L, A + d * N, Bb, Cb, Dd, gr, reset, end_id, y + r * L, last_row, ck_row, L, 16, K, dim * N);
-        else
-            ss_fwd_row_SFX(u + r * L, dl + r * L, A + d * N, Bb, Cb, Dd, gr, reset, end_id, y + r * L, last_row, ck_row, L, N, K, dim * N);
+    #pragma omp parallel num_threads(nthreads)
+    {
+        SCALAR* dl = (SCALAR*)malloc(sizeof(SCALAR) * (L > 0 ? L : 1));
+        SCALAR* gate = z ? (SCALAR*)malloc(sizeof(SCALAR) * (L > 0 ? L : 1)) : 0;
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t b = r / dim, d = r % dim;
+            const SCALAR* Bb = Bt + (b * GB + d / (dim / GB)) * L * N;
+            const SCALAR* Cb = Ct + (b * GC + d / (dim / GC)) * L * N;
+            const SCALAR Dd = Dv ? Dv[d] : (SCALAR)0;
+            SCALAR* last_row = last ? last + (b * nseq * dim + d) * N : 0;
+            SCALAR* ck_row = ckpt ? ckpt + r * nck * N : 0;
+            ss_prep_delta_SFX(delta + r * L, dbias ? dbias[d] : (SCALAR)0, softplus, dl, 0, L);
+            if (z) ss_prep_gate_SFX(z + r * L, gate, 0, L);
+            if (N == 16)
+                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, L, 16, K, dim * N);
+            else
+                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, L, N, K, dim * N);
+        }
+        free(dl); free(gate);
     }
 }
 
@@ -172,19 +229,25 @@ static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
     *dDr = dDacc;
 }
 
-void ss_bwd_SFX(const SCALAR* u, const SCALAR* dl, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
-                const SCALAR* Dv, const SCALAR* dy, const int32_t* reset, const int32_t* end_id,
-                const SCALAR* ckpt, const SCALAR* dlast,
-                SCALAR* du, SCALAR* ddl, SCALAR* dA, SCALAR* dBt, SCALAR* dCt, SCALAR* dD, SCALAR* ypre,
+void ss_bwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
+                const SCALAR* Dv, const SCALAR* z, const SCALAR* dbias, const int32_t* reset, const int32_t* end_id,
+                const SCALAR* ckpt, const SCALAR* dout, const SCALAR* dlast,
+                SCALAR* du, SCALAR* ddelta, SCALAR* dA, SCALAR* dBt, SCALAR* dCt, SCALAR* dD, SCALAR* dz,
                 int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t GB, int64_t GC, int64_t nseq,
-                int64_t K, int64_t nthreads)
+                int64_t K, int64_t softplus, int64_t nthreads)
 {
     const int64_t rows = batch * dim, nck = (L + K - 1) / K;
     const int64_t nB = batch * GB * L * N, nC = batch * GC * L * N;
     #pragma omp parallel num_threads(nthreads)
     {
+        const int64_t Lb = L > 0 ? L : 1;
         SCALAR* hbuf = (SCALAR*)malloc(sizeof(SCALAR) * K * N);
         SCALAR* abuf = (SCALAR*)malloc(sizeof(SCALAR) * K * N);
+        SCALAR* dl = (SCALAR*)malloc(sizeof(SCALAR) * Lb);
+        SCALAR* sg = (SCALAR*)malloc(sizeof(SCALAR) * Lb);
+        SCALAR* dy = (SCALAR*)malloc(sizeof(SCALAR) * Lb);
+        SCALAR* sz = z ? (SCALAR*)malloc(sizeof(SCALAR) * Lb) : 0;
+        SCALAR* ypre = z ? (SCALAR*)malloc(sizeof(SCALAR) * Lb) : 0;
         SCALAR* myB = (SCALAR*)calloc(nB > 0 ? nB : 1, sizeof(SCALAR));
         SCALAR* myC = (SCALAR*)calloc(nC > 0 ? nC : 1, sizeof(SCALAR));
         #pragma omp for schedule(static)
@@ -193,35 +256,52 @@ void ss_bwd_SFX(const SCALAR* u, const SCALAR* dl, const SCALAR* A, const SCALAR
             const int64_t gb = b * GB + d / (dim / GB), gc = b * GC + d / (dim / GC);
             const SCALAR Dd = Dv ? Dv[d] : (SCALAR)0;
             const SCALAR* dlast_row = dlast ? dlast + (b * nseq * dim + d) * N : 0;
-            SCALAR* ypre_r = ypre ? ypre + r * L : 0;
+            const SCALAR* dor = dout + r * L;
+            ss_prep_delta_SFX(delta + r * L, dbias ? dbias[d] : (SCALAR)0, softplus, dl, sg, L);
+            if (z) {
+                ss_prep_gate_SFX(z + r * L, dy, sz, L);                  /* dy = silu(z) for now */
+                for (int64_t t = 0; t < L; t++) dy[t] *= dor[t];
+            } else {
+                for (int64_t t = 0; t < L; t++) dy[t] = dor[t];
+            }
             if (N == 16)
-                ss_bwd_row_SFX(u + r * L, dl + r * L, A + d * N, Bt + gb * L * N, Ct + gc * L * N, Dd, dy + r * L,
-                               reset, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddl + r * L, dA + r * N, dD + r,
-                               ypre_r, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, L, 16, K, dim * N);
+                ss_bwd_row_SFX(u + r * L, dl, A + d * N, Bt + gb * L * N, Ct + gc * L * N, Dd, dy,
+                               reset, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddelta + r * L, dA + r * N, dD + r,
+                               ypre, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, L, 16, K, dim * N);
             else
-                ss_bwd_row_SFX(u + r * L, dl + r * L, A + d * N, Bt + gb * L * N, Ct + gc * L * N, Dd, dy + r * L,
-                               reset, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddl + r * L, dA + r * N, dD + r,
-                               ypre_r, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, L, N, K, dim * N);
+                ss_bwd_row_SFX(u + r * L, dl, A + d * N, Bt + gb * L * N, Ct + gc * L * N, Dd, dy,
+                               reset, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddelta + r * L, dA + r * N, dD + r,
+                               ypre, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, L, N, K, dim * N);
+            SCALAR* ddr = ddelta + r * L;                                /* ddl -> ddelta */
+            for (int64_t t = 0; t < L; t++) ddr[t] *= sg[t];
+            if (z) {
+                const SCALAR* zr = z + r * L;
+                SCALAR* dzr = dz + r * L;
+                for (int64_t t = 0; t < L; t++)
+                    dzr[t] = dor[t] * ypre[t] * sz[t] * ((SCALAR)1 + zr[t] * ((SCALAR)1 - sz[t]));
+            }
         }
         #pragma omp critical
         {
             for (int64_t i = 0; i < nB; i++) dBt[i] += myB[i];
             for (int64_t i = 0; i < nC; i++) dCt[i] += myC[i];
         }
-        free(hbuf); free(abuf); free(myB); free(myC);
+        free(hbuf); free(abuf); free(dl); free(sg); free(dy); free(sz); free(ypre); free(myB); free(myC);
     }
 }
 """
 
 
-def _instantiate(scalar: str, sfx: str, vexp: str) -> str:
-    return _TEMPLATE.replace("SCALAR", scalar).replace("SFX", sfx).replace("VEXP", vexp)
+def _instantiate(scalar: str, sfx: str, vexp: str, log1p01: str) -> str:
+    return (_TEMPLATE.replace("SCALAR", scalar).replace("SFX", sfx).replace("VEXP", vexp)
+            .replace("LOG1P01", log1p01))
 
 
-_SOURCE = _COMMON + _instantiate("float", "f32", "ss_vexp_f32") + _instantiate("double", "f64", "exp")
+_SOURCE = (_COMMON + _instantiate("float", "f32", "ss_vexp_f32", "ss_log1p01_f32")
+           + _instantiate("double", "f64", "exp", "log1p"))
 
-_FWD_ARGS = [PTR] * 12 + [I64] * 9
-_BWD_ARGS = [PTR] * 18 + [I64] * 9
+_FWD_ARGS = [PTR] * 13 + [I64] * 10
+_BWD_ARGS = [PTR] * 20 + [I64] * 10
 
 LIB = CKernel("selective_scan", _SOURCE, {
     "ss_fwd_f32": _FWD_ARGS, "ss_fwd_f64": _FWD_ARGS,
