@@ -24,7 +24,7 @@ import torch
 
 from .._backend import resolve_backend
 from .._validate import check_cu_seqlens, check_power_of_two, check_same_device, check_tensor
-from .cpu import ssd_chunked
+from .cpu import compute_dtype, ssd_chunked
 from .layout import make_layout
 from .reference import dt_preprocess, ssd_scan_reference
 
@@ -70,7 +70,9 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softpl
                                   cu_seqlens=cu_seqlens)
     if backend == "cpu":
         layout = make_layout(x.shape[0], x.shape[1], chunk_size, cu_seqlens, x.device)
-        y, final = ssd_chunked(x, dt_preprocess(dt, dt_bias, dt_softplus), A, B, C, D, z, initial_states, layout)
+        cdt = compute_dtype(x.dtype)
+        dtp = dt_preprocess(dt.to(cdt), None if dt_bias is None else dt_bias.to(cdt), dt_softplus)
+        y, final = ssd_chunked(x, dtp, A, B, C, D, z, initial_states, layout)
     else:
         from .triton_op import ssd_scan_triton
 

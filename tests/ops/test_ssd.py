@@ -282,3 +282,21 @@ def test_auto_backend_runs_cpu_path_and_matches():
     y_auto = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 16)
     y_cpu = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 16, backend="cpu")
     assert torch.equal(y_auto, y_cpu)
+
+
+@pytest.mark.slow
+def test_custom_op_registration_and_compile(triton_interpreter):
+    """parazoo::ssd_scan passes torch.library.opcheck and traces under torch.compile (fullgraph)."""
+    from parazoo.ops.ssd.triton_op import _ssd_scan_op
+
+    ins = make_inputs(1, 5, 2, 3, 1, 4, dtype=torch.float32, D="H", z=True)
+    leaves = [ins[k].clone().requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "z")]
+    torch.library.opcheck(_ssd_scan_op, (*leaves, None, None, None, 16, True),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    f = torch.compile(lambda *a: ssd_scan(*a[:5], 16, D=a[5], z=a[6], backend="triton"), backend="aot_eager",
+                      fullgraph=True)
+    y = f(*leaves)
+    y.sum().backward()
+    assert_close(y, ssd_scan(*[t.detach() for t in leaves[:5]], 16, D=leaves[5].detach(), z=leaves[6].detach(),
+                             backend="reference"), name="compiled y")
+    assert all(t.grad is not None for t in leaves)
