@@ -97,17 +97,22 @@ class Mamba(nn.Module):
             return y[:, None], new_state
         from parazoo.ops import causal_conv1d, selective_scan
 
-        xz = self.in_proj(x).transpose(1, 2)                                  # (B, 2 d_inner, T)
+        xz = torch.matmul(self.in_proj.weight, x.transpose(1, 2))             # (B, 2 d_inner, T), time-contiguous
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
         xs, z = xz.chunk(2, dim=1)                                            # (B, d_inner, T)
         w = self.conv1d.weight[:, 0]                                          # (d_inner, d_conv)
         prev = None if state is None else state["conv_state"].to(xs.dtype)
         init = None if prev is None else prev[:, :, 1:]                       # (B, d_inner, d_conv - 1)
         xc = causal_conv1d(xs, w, self.conv1d.bias, activation="silu", initial_states=init)
-        dt, Bm, Cm = self._project(xc.transpose(1, 2))                        # (B, T, d_inner) (B, T, N) x2
+        dbc = self.x_proj(xc.transpose(1, 2))                                 # (B, T, dt_rank + 2N)
+        dt_low, Bm, Cm = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = torch.matmul(self.dt_proj.weight, dt_low.transpose(1, 2))         # (B, d_inner, T), bias in the scan
+        Bm, Cm = Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()  # (B, N, T)
         A, D, dt_bias = self._ssm_params()
         if state is None:
-            y, last = selective_scan(xc, dt.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z=z,
-                                     delta_bias=dt_bias, delta_softplus=True, return_last_state=True)  # (B, d_inner, T)
+            y, last = selective_scan(xc, dt, A, Bm, Cm, D, z=z, delta_bias=dt_bias, delta_softplus=True,
+                                     return_last_state=True)                 # (B, d_inner, T), (B, d_inner, N)
         else:
             y, last = self._scan_from_state(state["ssm_state"], xc, dt, Bm, Cm, z)
         conv_hist = xs if prev is None else torch.cat([prev, xs], dim=-1)
@@ -117,19 +122,14 @@ class Mamba(nn.Module):
         new_state = {"conv_state": conv_state.contiguous(), "ssm_state": last}
         return self.out_proj(y.transpose(1, 2)), new_state
 
-    def _project(self, xc: torch.Tensor):
-        """xc (B, T, d_inner) -> dt before bias/softplus (B, T, d_inner), B (B, T, N), C (B, T, N)."""
-        dbc = self.x_proj(xc)
-        dt, Bm, Cm = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.linear(dt, self.dt_proj.weight), Bm, Cm
-
     def _ssm_params(self):
         """A = -exp(A_log) (d_inner, N), D, dt bias (d_inner,), in float32 (float64 for a float64 model)."""
         cd = state_dtype(self.A_log.dtype)
         return -torch.exp(self.A_log.to(cd)), self.D.to(cd), self.dt_proj.bias.to(cd)
 
     def _scan_from_state(self, h0, xc, dt, Bm, Cm, z):
-        """Scan a chunk of T > 1 tokens continuing from h0 (B, d_inner, N).
+        """Scan a chunk of T > 1 tokens continuing from h0 (B, d_inner, N); xc, dt, z (B, d_inner, T),
+        Bm, Cm (B, N, T).
 
         selective_scan (mamba_ssm's API) has no initial-state argument, so the chunk is stepped
         token by token with selective_state_update, which is exact (decode-speed, not train-speed).
@@ -140,7 +140,7 @@ class Mamba(nn.Module):
         h = h0.clone()
         ys = []
         for t in range(xc.shape[-1]):
-            ys.append(selective_state_update(h, xc[:, :, t], dt[:, t], A, Bm[:, t], Cm[:, t], D, z=z[:, :, t],
+            ys.append(selective_state_update(h, xc[:, :, t], dt[:, :, t], A, Bm[:, :, t], Cm[:, :, t], D, z=z[:, :, t],
                                              dt_bias=dt_bias, dt_softplus=True))
         return torch.stack(ys, dim=-1), h                                     # (B, d_inner, T), (B, d_inner, N)
 
@@ -151,7 +151,8 @@ class Mamba(nn.Module):
         xs, z = self.in_proj(x).chunk(2, dim=-1)                              # (B, d_inner)
         conv_state = state["conv_state"].to(xs.dtype).clone()                 # (B, d_inner, d_conv), updated in place
         xc = causal_conv1d_update(xs, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
-        dt, Bm, Cm = self._project(xc)                                        # (B, d_inner), (B, N), (B, N)
+        dt_low, Bm, Cm = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt_low, self.dt_proj.weight)                            # (B, d_inner), bias in the update
         h = state["ssm_state"].clone()                                        # (B, d_inner, N), updated in place
         A, D, dt_bias = self._ssm_params()
         y = selective_state_update(h, xc, dt, A, Bm, Cm, D, z=z, dt_bias=dt_bias, dt_softplus=True)
