@@ -13,7 +13,7 @@ import os
 
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-__all__ = ["build_loggers", "wandb_mode"]
+__all__ = ["build_loggers", "log_step_metrics", "should_log_step", "wandb_mode"]
 
 
 def wandb_mode() -> str:
@@ -41,3 +41,21 @@ def build_loggers(save_dir: str, name: str, config: dict | None = None, project:
                          config=config or {}, job_type="train")
         loggers.append(wb)
     return loggers
+
+
+def should_log_step(trainer, step: int) -> bool:
+    """True on the steps Lightning writes step metrics: every ``log_every_n_steps``-th (step 0-based)."""
+    return (step + 1) % max(1, trainer.log_every_n_steps) == 0
+
+
+def log_step_metrics(trainer, metrics: dict, step: int) -> None:
+    """Write per-step metrics straight to the trainer's loggers (rank zero only).
+
+    ``LightningModule.log`` costs a pass over all logged results per call; for a handful of
+    scalars every step on a small model that alone was ~40% of the step time on CPU. Per-step
+    training metrics therefore go here, at Lightning's ``log_every_n_steps`` cadence."""
+    if trainer.global_rank != 0 or not trainer.loggers:
+        return
+    values = {k: float(v) for k, v in metrics.items()}
+    for lg in trainer.loggers:
+        lg.log_metrics(values, step=step)

@@ -8,7 +8,9 @@ Optimiser: AdamW with weight-decay groups (``optim.param_groups``: ndim >= 2 and
 ``_no_weight_decay``), warmup + cosine schedule stepped every optimizer step; gradient clipping
 is the Trainer's ``gradient_clip_val``. Metrics (``metrics.py``): loss, perplexity, bits per byte
 for text data, accuracy for synthetic tasks (per validation slice, e.g. MQAR's (kv, length)).
-Logged keys: ``train/{loss,ppl,bpb|acc,lr,tokens}``, ``val/{loss,ppl,bpb|acc}`` and
+Logged keys: ``train/{loss,ppl,bpb|acc,lr,tokens}`` every ``log_every_n_steps`` steps (written
+straight to the loggers, see ``loggers.log_step_metrics``; ``train/loss`` also feeds the progress
+bar), ``val/{loss,ppl,bpb|acc}`` and
 ``val/<slice>/{...}`` when the data module has several validation slices. Under DDP the
 validation metrics are exact over all ranks (summed statistics); ``train/*`` step values are
 rank zero's own batch (no per-step all-reduce). Resume restores weights, optimiser, schedule,
@@ -17,6 +19,7 @@ resume statistically, not bit for bit.
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import lightning as L
@@ -24,6 +27,8 @@ import torch
 
 from parazoo.arch import LanguageModel, ModelConfig
 
+from .data.base import IGNORE_INDEX
+from .loggers import log_step_metrics, should_log_step
 from .metrics import lm_loss, lm_statistics, summarise
 from .optim import build_adamw, warmup_cosine
 
@@ -81,6 +86,7 @@ class LMModule(L.LightningModule):
         self.hparams["config"] = cfg.to_dict()  # plain data: checkpoints load without unpickling classes
         self.model = LanguageModel(cfg)
         self.tokens_seen = 0
+        self.last_train_metrics: dict[str, float] = {}
         self._val_stats: dict[int, torch.Tensor] = {}
 
     @property
@@ -107,20 +113,22 @@ class LMModule(L.LightningModule):
         logits = self.model(x)[0]                                     # (B, T, V)
         loss = lm_loss(logits, y)
         self.tokens_seen += x.numel() * self.trainer.world_size
-        log = partial(self.log, on_step=True, on_epoch=False, batch_size=x.shape[0])
-        log("train/loss", loss, prog_bar=True)
-        detached = loss.detach()
-        log("train/ppl", detached.exp())
-        if self._bytes_per_token:
-            log("train/bpb", detached / (torch.log(torch.tensor(2.0)) * self._bytes_per_token))
-        if self._accuracy:
-            with torch.no_grad():
-                mask = y != -100
-                acc = ((logits.argmax(-1) == y) & mask).sum() / mask.sum().clamp_min(1)
-            log("train/acc", acc, prog_bar=True)
-        log("train/tokens", torch.tensor(float(self.tokens_seen), dtype=torch.float64))  # exact past 2^24
-        log("train/lr", self.optimizers().param_groups[0]["lr"])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=x.shape[0])
+        step = self.trainer.global_step
+        if should_log_step(self.trainer, step):
+            self.last_train_metrics = self._step_metrics(loss.detach(), logits.detach(), y)
+            log_step_metrics(self.trainer, self.last_train_metrics, step)
         return loss
+
+    def _step_metrics(self, loss, logits, labels) -> dict[str, float]:
+        out = {"train/loss": float(loss), "train/ppl": math.exp(min(float(loss), 700.0)),
+               "train/tokens": float(self.tokens_seen), "train/lr": self.optimizers().param_groups[0]["lr"]}
+        if self._bytes_per_token:
+            out["train/bpb"] = float(loss) / (math.log(2) * self._bytes_per_token)
+        if self._accuracy:
+            mask = labels != IGNORE_INDEX
+            out["train/acc"] = float(((logits.argmax(-1) == labels) & mask).sum() / mask.sum().clamp_min(1))
+        return out
 
     def configure_optimizers(self):
         h = self.hparams

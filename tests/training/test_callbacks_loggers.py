@@ -26,20 +26,22 @@ def test_text_run_logs_bpb_samples_throughput_and_solver_stats(tmp_path):
     module = LMModule("attention-tiny", warmup_steps=1)
     module.model.blocks[0].add_module("solver_a", _SolverLayer(3, 1e-6))
     module.model.blocks[1].add_module("solver_b", _SolverLayer(5, 1e-4))
-    thr, samples = Throughput(skip_steps=0), TextSamples(max_new_tokens=8, prompt="the ")
+    thr, samples, solver = Throughput(skip_steps=0), TextSamples(max_new_tokens=8, prompt="the "), SolverStats()
     trainer = L.Trainer(accelerator="cpu", max_steps=3, val_check_interval=3, limit_val_batches=2,
-                        logger=build_loggers(str(tmp_path), "text", config={"a": 1}), callbacks=[thr, samples, SolverStats()],
+                        logger=build_loggers(str(tmp_path), "text", config={"a": 1}), callbacks=[thr, samples, solver],
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                         num_sanity_val_steps=0, log_every_n_steps=1)
     trainer.fit(module, dm)
     m = trainer.callback_metrics
     assert float(m["val/bpb"]) == pytest.approx(float(m["val/loss"]) / math.log(2), rel=1e-6)  # logged as float32
-    assert "train/bpb" in m and "val/acc" not in m
-    assert float(m["solver/newton_iters_max"]) == 5 and float(m["solver/newton_iters_mean"]) == 4
-    assert float(m["solver/residual_max"]) == pytest.approx(1e-4)
+    tr = module.last_train_metrics
+    assert tr["train/bpb"] == pytest.approx(tr["train/loss"] / math.log(2)) and "train/acc" not in tr and "val/acc" not in m
+    assert tr["train/tokens"] == 3 * 4 * 32
+    assert solver.last["solver/newton_iters_max"] == 5 and solver.last["solver/newton_iters_mean"] == 4
+    assert solver.last["solver/residual_max"] == pytest.approx(1e-4)
     s = thr.summary()
     assert s["steps"] == 3 and s["tokens_per_s"] > 0 and abs(s["tokens_per_s"] / s["samples_per_s"] - 32) < 1e-9
-    assert float(m["perf/peak_mem_mb"]) > 10
+    assert thr.last["perf/peak_mem_mb"] > 10 and thr.last["perf/tokens_per_s"] > 0
     assert len(samples.samples) == 1 and samples.samples[0][1].startswith("the ")
     assert (tmp_path / "text" / "version_0" / "samples.txt").read_text().startswith("===== step 3")
 

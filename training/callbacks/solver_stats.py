@@ -3,7 +3,7 @@
 Protocol: any submodule of the model with a method ``solver_stats() -> dict[str, float | Tensor]``
 reports the statistics of its last forward pass, e.g. ``{"newton_iters": 3, "residual": 2e-7}``
 (number of Newton iterations taken and the final residual max_t ||h_t - f(h_{t-1}, x_t)||).
-After every training step this callback reads them from all such modules and logs, for each
+Every ``log_every_n_steps`` training steps this callback reads them from all such modules and logs, for each
 key, the mean and the max over modules: ``solver/<key>_mean``, ``solver/<key>_max``. Models
 without such modules log nothing.
 """
@@ -12,18 +12,22 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from ..loggers import log_step_metrics, should_log_step
+
 __all__ = ["SolverStats"]
 
 
 class SolverStats(L.Callback):
     def __init__(self):
         self._modules: list | None = None
+        self.last: dict[str, float] = {}
 
     def on_fit_start(self, trainer, pl_module):
         self._modules = [m for m in pl_module.modules() if callable(getattr(m, "solver_stats", None))]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not self._modules:
+        step = trainer.global_step - 1
+        if not self._modules or not should_log_step(trainer, step):
             return
         values: dict[str, list[float]] = {}
         for m in self._modules:
@@ -33,5 +37,6 @@ class SolverStats(L.Callback):
         for k, vs in values.items():
             out[f"solver/{k}_mean"] = sum(vs) / len(vs)
             out[f"solver/{k}_max"] = max(vs)
+        self.last = out
         if out:
-            pl_module.log_dict(out, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+            log_step_metrics(trainer, out, step)

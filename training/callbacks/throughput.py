@@ -4,7 +4,7 @@ Measured per optimizer step as the wall-clock time between the ends of consecuti
 batches (so data loading, forward, backward, clipping and the optimizer step all count), over
 all ranks (tokens = B * T * world_size). Peak memory: ``torch.cuda.max_memory_allocated`` on
 GPU, the process's peak resident set size (ru_maxrss) on CPU. Logged as
-``perf/{tokens_per_s,samples_per_s,step_time_s,peak_mem_mb}``; the steps after ``skip_steps``
+``perf/{tokens_per_s,samples_per_s,step_time_s,peak_mem_mb}`` every ``log_every_n_steps``; the steps after ``skip_steps``
 (warm-up) are kept in ``history`` for benchmarks, and ``summary()`` averages them.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ import time
 
 import lightning as L
 import torch
+
+from ..loggers import log_step_metrics, should_log_step
 
 __all__ = ["Throughput", "peak_memory_mb", "summarise_steps"]
 
@@ -32,6 +34,7 @@ class Throughput(L.Callback):
         self.skip_steps, self.log = skip_steps, log
         self.history: list[tuple[float, int, int]] = []  # (step seconds, tokens, samples)
         self._last: float | None = None
+        self.last: dict[str, float] = {}
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._last = None  # do not count the time between epochs (validation) as a step
@@ -53,10 +56,11 @@ class Throughput(L.Callback):
         tokens = x.numel() * trainer.world_size
         if trainer.global_step > self.skip_steps:
             self.history.append((dt, tokens, samples))
-        if self.log:
-            pl_module.log_dict({"perf/tokens_per_s": tokens / dt, "perf/samples_per_s": samples / dt,
-                                "perf/step_time_s": dt, "perf/peak_mem_mb": peak_memory_mb(pl_module.device)},
-                               on_step=True, on_epoch=False, batch_size=x.shape[0])
+        step = trainer.global_step - 1
+        if self.log and should_log_step(trainer, step):
+            self.last = {"perf/tokens_per_s": tokens / dt, "perf/samples_per_s": samples / dt, "perf/step_time_s": dt,
+                         "perf/peak_mem_mb": peak_memory_mb(pl_module.device)}
+            log_step_metrics(trainer, self.last, step)
 
     def summary(self) -> dict[str, float]:
         """Over the recorded steps: mean tokens/s, samples/s and step seconds, plus the median step
