@@ -11,7 +11,8 @@ of the same recurrence on a state (batch, dim, N), updated in place.
 
 Paths (``backend=``): ``reference.py`` (sequential loop, autograd), ``cpu.py`` (fused C loops via
 ``cpu_kernel.py``, pure-torch ``cpu_torch.py`` without a compiler), ``triton_fwd.py`` /
-``triton_bwd.py`` (Triton kernels). The fast paths are the ``torch.library`` custom ops
+``triton_bwd.py`` (Triton kernels, launched by ``triton_scan.py``; ``triton_update.py`` for the
+decode step). The fast paths are the ``torch.library`` custom ops
 ``parazoo::selective_scan`` / ``parazoo::selective_scan_bwd`` with autograd registered, so
 gradients reach u, delta, A, B, C, D, z, delta_bias (and flow back from last_state), also under
 torch.compile. State and accumulation are float32 (float64 for float64 inputs); y has u's dtype.

@@ -1,4 +1,5 @@
-"""Pointwise pieces around the scan core, in torch (used by the CPU paths; Triton fuses them).
+"""Pointwise pieces around the scan core, in torch: used by the pure-torch path (the C kernels and
+the Triton kernels fuse the same formulas).
 
     dl = softplus(delta + delta_bias) or delta + delta_bias;   d dl / d delta = sigmoid(delta + bias) or 1
     gate = silu(z) = z sigmoid(z);                              silu'(z) = sigmoid(z) (1 + z (1 - sigmoid(z)))
