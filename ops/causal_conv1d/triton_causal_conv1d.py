@@ -233,6 +233,9 @@ def _packing(cu_seqlens, L):
 
 def _common(x, weight, bias, initial_states, cu_seqlens):
     B, D, L = x.shape
+    if D * L >= 2 ** 31:  # in-kernel offsets within one batch row are int32
+        raise RuntimeError(f"causal_conv1d: backend='triton' needs dim * L < 2**31 per batch row, got {D} * {L}; "
+                           "split the sequence (initial_states) or use backend='cpu'")
     W = weight.shape[1]
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     start, seq = _packing(cu_seqlens, L)
