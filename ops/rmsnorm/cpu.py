@@ -66,7 +66,7 @@ def rms_norm_bwd(dy, x, weight, z, rstd, norm_before_gate: bool, group_size: int
         dn = dy_eff * weight.to(ct).view(n.shape[1:])
     else:
         dn = dy_eff
-    du = r * (dn - n * (dn * n).mean(dim=-1, keepdim=True))
+    du = torch.addcmul(dn, n, (dn * n).mean(dim=-1, keepdim=True), value=-1).mul_(r)
     dz = None
     if z is not None:
         if norm_before_gate:
