@@ -8,15 +8,57 @@ Per head, gamma = gamma_h:
 
 A loop over time carrying the (B, H, K, V) state in fp32/fp64; the backward recomputes S_t in a
 forward pass (for dq) and runs the real reverse scan G_t (for dk, dv), so nothing of size
-T x K x V is stored.
+T x K x V is stored. On CPU tensors the loops run as fused C (cpu_recurrent_c.py, compiled on
+first use); the torch loops below are the fallback where no C compiler exists, and the path for
+CUDA tensors.
 """
 from __future__ import annotations
 
 import torch
 
+from .._cpu_jit import ptr
 from .common import acc_dtype, log_decay
+from .cpu_recurrent_c import KERNEL
 
 __all__ = ["recurrent_fwd", "recurrent_bwd"]
+
+
+def _c_lib(q):
+    """The compiled C loops for CPU tensors, else None (torch loops)."""
+    return KERNEL.load() if q.device.type == "cpu" else None
+
+
+def _c_args(dt, *tensors):
+    """Contiguous copies in the accumulation dtype (None stays None) and their pointers."""
+    ts = [None if t is None else t.to(dt).contiguous() for t in tensors]
+    return ts, [ptr(t) for t in ts]
+
+
+def _c_fwd(lib, q, k, v, h0, scale, want_ht):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dt = acc_dtype(q.dtype)
+    _, ptrs = _c_args(dt, q, k, v, h0)
+    gam = log_decay(H, dtype=dt).exp().contiguous()
+    o = torch.empty(B, T, H, V, dtype=dt)
+    ht = torch.empty(B, H, K, V, dtype=dt) if want_ht else None
+    fn = lib.ret_fwd_f64 if dt == torch.float64 else lib.ret_fwd_f32
+    fn(*ptrs, ptr(o), ptr(ht), ptr(gam), B, T, H, K, V, scale)
+    return o.to(v.dtype), ht
+
+
+def _c_bwd(lib, q, k, v, h0, do, dht, scale):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dt = acc_dtype(q.dtype)
+    _, ptrs = _c_args(dt, q, k, v, h0, do, dht)
+    gam = log_decay(H, dtype=dt).exp().contiguous()
+    dq, dk = torch.empty(B, T, H, K, dtype=dt), torch.empty(B, T, H, K, dtype=dt)
+    dv = torch.empty(B, T, H, V, dtype=dt)
+    dh0 = None if h0 is None else torch.empty(B, H, K, V, dtype=dt)
+    fn = lib.ret_bwd_f64 if dt == torch.float64 else lib.ret_bwd_f32
+    fn(*ptrs, ptr(dq), ptr(dk), ptr(dv), ptr(dh0), ptr(gam), B, T, H, K, V, scale)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), (None if h0 is None else dh0.to(h0.dtype))
 
 
 def _prep(q, k, v, dt):
@@ -24,7 +66,10 @@ def _prep(q, k, v, dt):
     return [x.to(dt).transpose(0, 1).contiguous() for x in (q, k, v)]
 
 
-def recurrent_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
+def recurrent_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool, use_c: bool = True):
+    lib = _c_lib(q) if use_c else None
+    if lib is not None:
+        return _c_fwd(lib, q, k, v, h0, scale, want_ht)
     B, T, H, K = q.shape
     dt = acc_dtype(q.dtype)
     g = log_decay(H, q.device, dt).exp().view(1, H, 1, 1)
@@ -38,7 +83,10 @@ def recurrent_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
     return o.transpose(0, 1).to(v.dtype), (S if want_ht else None)
 
 
-def recurrent_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
+def recurrent_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int, use_c: bool = True):
+    lib = _c_lib(q) if use_c else None
+    if lib is not None:
+        return _c_bwd(lib, q, k, v, h0, do, dht, scale)
     B, T, H, K = q.shape
     V = v.shape[-1]
     dt = acc_dtype(q.dtype)

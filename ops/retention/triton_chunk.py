@@ -41,7 +41,7 @@ def _decay_mask(lg, BT: tl.constexpr):
 @triton.jit
 def _chunk_h_fwd_kernel(k, v, h0, ht, hs, log_gamma, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                         NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        USE_H0: tl.constexpr, STORE_HT: tl.constexpr):
+                        USE_H0: tl.constexpr, STORE_HT: tl.constexpr, DOT: tl.constexpr):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     lg = tl.load(log_gamma + i_h)
@@ -63,14 +63,15 @@ def _chunk_h_fwd_kernel(k, v, h0, ht, hs, log_gamma, T, H: tl.constexpr, K: tl.c
         vt = load_rows(v_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)        # (BT, BV)
         k_dec = tl.exp(tl.where(j < L, (L - 1 - j).to(acc_ty) * lg, float("-inf")))
         vt = (vt.to(acc_ty) * k_dec[:, None]).to(kt.dtype)
-        state = state * tl.exp(L.to(acc_ty) * lg) + tl.dot(kt, vt, input_precision="ieee", out_dtype=acc_ty)
+        state = state * tl.exp(L.to(acc_ty) * lg) + tl.dot(kt, vt, input_precision=DOT, out_dtype=acc_ty)
     if STORE_HT:
         tl.store(ht + i_bh * K * V + kv_off, state.to(ht.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
 def _chunk_o_fwd_kernel(q, k, v, hs, o, log_gamma, scale, T, H: tl.constexpr, K: tl.constexpr,
-                        V: tl.constexpr, NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                        V: tl.constexpr, NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        DOT: tl.constexpr):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     lg = tl.load(log_gamma + i_h)
@@ -87,13 +88,13 @@ def _chunk_o_fwd_kernel(q, k, v, hs, o, log_gamma, scale, T, H: tl.constexpr, K:
         kt = load_rows_t(k_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)      # (BK, BT)
         h = tl.load(hs + (i_bh * NT + i_t) * K * V + rk[:, None] * V + rv[None, :],
                     mask=(rk[:, None] < K) & (rv[None, :] < V), other=0.0)   # (BK, BV)
-        acc_o += tl.dot(qt, h.to(qt.dtype), input_precision="ieee", out_dtype=acc_ty)
-        s += tl.dot(qt, kt, input_precision="ieee", out_dtype=acc_ty)
+        acc_o += tl.dot(qt, h.to(qt.dtype), input_precision=DOT, out_dtype=acc_ty)
+        s += tl.dot(qt, kt, input_precision=DOT, out_dtype=acc_ty)
     j = tl.arange(0, BT)
     q_dec = tl.exp((j + 1).to(acc_ty) * lg)
     vt = load_rows(v_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)            # (BT, BV)
     s = s * _decay_mask(lg, BT)
-    out = acc_o * q_dec[:, None] + tl.dot(s.to(vt.dtype), vt, input_precision="ieee", out_dtype=acc_ty)
+    out = acc_o * q_dec[:, None] + tl.dot(s.to(vt.dtype), vt, input_precision=DOT, out_dtype=acc_ty)
     out = out * scale
     rt = i_t * BT + j
     o_base = o + (i_b * T * H + i_h) * V
@@ -104,7 +105,7 @@ def _chunk_o_fwd_kernel(q, k, v, hs, o, log_gamma, scale, T, H: tl.constexpr, K:
 @triton.jit
 def _chunk_dh_kernel(q, do, dht, dh0, dhs, log_gamma, scale, T, H: tl.constexpr, K: tl.constexpr,
                      V: tl.constexpr, NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr):
+                     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, DOT: tl.constexpr):
     i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     lg = tl.load(log_gamma + i_h)
@@ -127,7 +128,7 @@ def _chunk_dh_kernel(q, do, dht, dh0, dhs, log_gamma, scale, T, H: tl.constexpr,
         qt = load_rows_t(q_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)      # (BK, BT)
         qt = (qt.to(acc_ty) * q_dec[None, :]).to(qt.dtype)
         dot_ = load_rows(do_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)     # (BT, BV)
-        dstate = dstate * tl.exp(L.to(acc_ty) * lg) + tl.dot(qt, dot_, input_precision="ieee", out_dtype=acc_ty)
+        dstate = dstate * tl.exp(L.to(acc_ty) * lg) + tl.dot(qt, dot_, input_precision=DOT, out_dtype=acc_ty)
     if STORE_DH0:
         tl.store(dh0 + i_bh * K * V + kv_off, dstate.to(dh0.dtype.element_ty), mask=kv_mask)
 
@@ -135,7 +136,7 @@ def _chunk_dh_kernel(q, do, dht, dh0, dhs, log_gamma, scale, T, H: tl.constexpr,
 @triton.jit
 def _chunk_dqkv_kernel(q, k, v, hs, dhs, do, dq, dk, dv_part, log_gamma, scale, T, B, H: tl.constexpr,
                        K: tl.constexpr, V: tl.constexpr, NT, BT: tl.constexpr, BK: tl.constexpr,
-                       BV: tl.constexpr):
+                       BV: tl.constexpr, DOT: tl.constexpr):
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     lg = tl.load(log_gamma + i_h)
@@ -151,7 +152,7 @@ def _chunk_dqkv_kernel(q, k, v, hs, dhs, do, dq, dk, dv_part, log_gamma, scale, 
     qt = load_rows(q + qk_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)       # (BT, BK)
     qt = (qt.to(acc_ty) * scale).to(qt.dtype)
     kt = load_rows(k + qk_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)       # (BT, BK)
-    sD = tl.dot(qt, tl.trans(kt), input_precision="ieee", out_dtype=acc_ty) * D  # (BT, BT), this K block
+    sD = tl.dot(qt, tl.trans(kt), input_precision=DOT, out_dtype=acc_ty) * D  # (BT, BT), this K block
     sD_t = tl.trans(sD).to(kt.dtype)
     ds = tl.zeros([BT, BT], dtype=acc_ty)                                     # dO V^T
     dq_acc = tl.zeros([BT, BK], dtype=acc_ty)                                 # dO H_i^T
@@ -166,17 +167,17 @@ def _chunk_dqkv_kernel(q, k, v, hs, dhs, do, dq, dk, dv_part, log_gamma, scale, 
         dot_ = load_rows(do + vv_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)
         h = tl.load(hs + st_off + kv_off, mask=kv_mask, other=0.0).to(vt.dtype)     # (BK, BV)
         dh = tl.load(dhs + st_off + kv_off, mask=kv_mask, other=0.0).to(vt.dtype)   # (BK, BV)
-        ds += tl.dot(dot_, tl.trans(vt), input_precision="ieee", out_dtype=acc_ty)
-        dq_acc += tl.dot(dot_, tl.trans(h), input_precision="ieee", out_dtype=acc_ty)
-        dk_acc += tl.dot(vt, tl.trans(dh), input_precision="ieee", out_dtype=acc_ty)
-        dv = tl.dot(kt, dh, input_precision="ieee", out_dtype=acc_ty) * k_dec[:, None]
-        dv += tl.dot(sD_t, dot_, input_precision="ieee", out_dtype=acc_ty)
+        ds += tl.dot(dot_, tl.trans(vt), input_precision=DOT, out_dtype=acc_ty)
+        dq_acc += tl.dot(dot_, tl.trans(h), input_precision=DOT, out_dtype=acc_ty)
+        dk_acc += tl.dot(vt, tl.trans(dh), input_precision=DOT, out_dtype=acc_ty)
+        dv = tl.dot(kt, dh, input_precision=DOT, out_dtype=acc_ty) * k_dec[:, None]
+        dv += tl.dot(sD_t, dot_, input_precision=DOT, out_dtype=acc_ty)
         dv_base = dv_part + ((i_k * B + i_b) * T * H + i_h) * V
         tl.store(dv_base + rt[:, None] * (H * V) + rv[None, :], dv.to(dv_part.dtype.element_ty),
                  mask=(rt[:, None] < T) & (rv[None, :] < V))
     dsD = ds * D
-    dq_t = (dq_acc * q_dec[:, None] + tl.dot(dsD.to(kt.dtype), kt, input_precision="ieee", out_dtype=acc_ty)) * scale
-    dk_t = dk_acc * k_dec[:, None] + tl.dot(tl.trans(dsD).to(qt.dtype), qt, input_precision="ieee", out_dtype=acc_ty)
+    dq_t = (dq_acc * q_dec[:, None] + tl.dot(dsD.to(kt.dtype), kt, input_precision=DOT, out_dtype=acc_ty)) * scale
+    dk_t = dk_acc * k_dec[:, None] + tl.dot(tl.trans(dsD).to(qt.dtype), qt, input_precision=DOT, out_dtype=acc_ty)
     out_mask = (rt[:, None] < T) & (rk[None, :] < K)
     out_off = rt[:, None] * (H * K) + rk[None, :]
     tl.store(dq + qk_base + out_off, dq_t.to(dq.dtype.element_ty), mask=out_mask)
@@ -185,11 +186,24 @@ def _chunk_dqkv_kernel(q, k, v, hs, dhs, do, dq, dk, dv_part, log_gamma, scale, 
 
 # ---------------------------------------------------------------------------------------- launchers
 
+def _dot(dtype) -> str:
+    """tl.dot input precision: float32 inputs use 3xTF32 (tensor cores at float32 accuracy; plain
+    TF32 misses the float32 tolerances), float64 and 16-bit inputs multiply exactly ("ieee")."""
+    return "tf32x3" if dtype == torch.float32 else "ieee"
+
+
+# chunk_dqkv keeps five (BT, BT)/(BT, BK) float32 tiles live: 8 warps keep them in registers.
+_DQKV_WARPS = 8
+
+
 def _shapes(q, v, chunk_size):
     B, T, H, K = q.shape
     V = v.shape[-1]
     BT = tile(min(chunk_size, T), cap=max(16, chunk_size))
-    return B, T, H, K, V, BT, triton.cdiv(T, BT), tile(K), tile(V)
+    # 3xTF32 holds three operand tiles per dot: float32 inputs use 32-wide K/V blocks to stay
+    # in registers (see AOT_SPECS' ptxas report)
+    cap = 32 if q.dtype == torch.float32 else 64
+    return B, T, H, K, V, BT, triton.cdiv(T, BT), tile(K, cap), tile(V, cap)
 
 
 def _states(k, v, h0, lg, dims, want_ht):
@@ -200,7 +214,8 @@ def _states(k, v, h0, lg, dims, want_ht):
     ht = k.new_empty(B, H, K, V, dtype=dt) if want_ht else None
     h0c = None if h0 is None else h0.to(dt).contiguous()
     _chunk_h_fwd_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
-        k, v, h0c, ht, hs, lg, T, H, K, V, NT, BT, BK, BV, USE_H0=h0 is not None, STORE_HT=want_ht)
+        k, v, h0c, ht, hs, lg, T, H, K, V, NT, BT, BK, BV, USE_H0=h0 is not None, STORE_HT=want_ht,
+        DOT=_dot(k.dtype))
     return hs, ht
 
 
@@ -210,7 +225,8 @@ def chunk_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
     lg = log_decay(H, q.device, acc_dtype(q.dtype))
     hs, ht = _states(k, v, h0, lg, dims, want_ht)
     o = torch.empty_like(v)
-    _chunk_o_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, hs, o, lg, scale, T, H, K, V, NT, BT, BK, BV)
+    _chunk_o_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, hs, o, lg, scale, T, H, K, V, NT, BT, BK, BV,
+                                                         DOT=_dot(q.dtype))
     return o, ht
 
 
@@ -225,12 +241,12 @@ def chunk_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
     dhtc = None if dht is None else dht.to(dt).contiguous()
     _chunk_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
         q, do, dhtc, dh0, dhs, lg, scale, T, H, K, V, NT, BT, BK, BV,
-        USE_DHT=dht is not None, STORE_DH0=h0 is not None)
+        USE_DHT=dht is not None, STORE_DH0=h0 is not None, DOT=_dot(q.dtype))
     NK = triton.cdiv(K, BK)
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dv_part = v.new_empty(NK, B, T, H, V, dtype=dt)
     _chunk_dqkv_kernel[(NK, NT, B * H)](q, k, v, hs, dhs, do, dq, dk, dv_part, lg, scale, T, B, H, K, V, NT,
-                                        BT, BK, BV)
+                                        BT, BK, BV, DOT=_dot(q.dtype), num_warps=_DQKV_WARPS)
     dv = dv_part.sum(0).to(v.dtype)
     return dq, dk, dv, (None if h0 is None else dh0.to(h0.dtype))
 
@@ -247,13 +263,16 @@ def parallel_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
 # ----------------------------------------------------------------------- ahead-of-time compilation
 
 def _spec(name, sig, constexprs, label):
-    return AotSpec(module=__name__, name=name, signature=sig, constexprs=constexprs, label=label)
+    sig = {**sig, "DOT": "constexpr"}
+    warps = _DQKV_WARPS if name == "_chunk_dqkv_kernel" else 4
+    return AotSpec(module=__name__, name=name, signature=sig, constexprs=constexprs, label=label, num_warps=warps)
 
 
 def _aot_specs():
     specs = []
-    for dt, BT, BK, BV, K, V in (("fp32", 64, 64, 64, 64, 128), ("bf16", 64, 64, 64, 128, 128)):
-        shape = {"H": 8, "K": K, "V": V, "BT": BT, "BK": BK, "BV": BV}
+    for dt, BT, BK, BV, K, V in (("fp32", 64, 32, 32, 64, 128), ("bf16", 64, 64, 64, 128, 128)):
+        shape = {"H": 8, "K": K, "V": V, "BT": BT, "BK": BK, "BV": BV,
+                 "DOT": _dot(torch.float32 if dt == "fp32" else torch.bfloat16)}
         specs.append(_spec("_chunk_h_fwd_kernel", {
             "k": f"*{dt}", "v": f"*{dt}", "h0": "*fp32", "ht": "*fp32", "hs": "*fp32", "log_gamma": "*fp32",
             "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32", "BT": "constexpr",
