@@ -105,32 +105,44 @@ static inline void ss_prep_gate_SFX(const SCALAR* zr, SCALAR* gate, SCALAR* sz, 
     }
 }
 
-/* one row (b, d) of the forward; N is a compile-time constant where the caller passes a literal */
+/* one row (b, d) of the forward; N is a compile-time constant where the caller passes a literal.
+   Per chunk of K steps: first all decays a = exp(dl A) (independent, vectorised: throughput-bound),
+   then the recurrence h = a h + dl u B and y = C . h (a short dependency chain per step). */
 static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
         const SCALAR* ur, const SCALAR* dlr, const SCALAR* Ar, const SCALAR* Bb, const SCALAR* Cb,
         const SCALAR Dd, const SCALAR* gr, const int32_t* reset, const int32_t* end_id, SCALAR* yr,
-        SCALAR* last_row, SCALAR* ck_row, int64_t L, const int64_t N, int64_t K, int64_t last_stride)
+        SCALAR* last_row, SCALAR* ck_row, SCALAR* abuf, int64_t L, const int64_t N, int64_t K, int64_t last_stride)
 {
     SCALAR h[N];
     for (int64_t n = 0; n < N; n++) h[n] = 0;
-    for (int64_t t = 0, kk = 0, c = 0; t < L; t++, kk++) {
-        if (kk == K) { kk = 0; c++; }
-        if (ck_row && kk == 0) for (int64_t n = 0; n < N; n++) ck_row[c * N + n] = h[n];
-        if (reset[t]) for (int64_t n = 0; n < N; n++) h[n] = 0;
-        const SCALAR dl = dlr[t], x = ur[t], dlx = dl * x;
-        const SCALAR* Bp = Bb + t * N;
-        const SCALAR* Cp = Cb + t * N;
-        SCALAR acc = 0;
-        #pragma omp simd reduction(+:acc)
-        for (int64_t n = 0; n < N; n++) {
-            const SCALAR hn = VEXP(dl * Ar[n]) * h[n] + dlx * Bp[n];
-            h[n] = hn;
-            acc += Cp[n] * hn;
+    for (int64_t t0 = 0, c = 0; t0 < L; t0 += K, c++) {
+        const int64_t nt = (t0 + K < L) ? K : L - t0;
+        if (ck_row) for (int64_t n = 0; n < N; n++) ck_row[c * N + n] = h[n];
+        for (int64_t k = 0; k < nt; k++) {                 /* decays; a = 0 at a sequence start */
+            const SCALAR dl = dlr[t0 + k];
+            SCALAR* ak = abuf + k * N;
+            if (reset[t0 + k]) { for (int64_t n = 0; n < N; n++) ak[n] = 0; continue; }
+            #pragma omp simd
+            for (int64_t n = 0; n < N; n++) ak[n] = VEXP(dl * Ar[n]);
         }
-        SCALAR out = acc + Dd * x;
-        if (gr) out *= gr[t];
-        yr[t] = out;
-        if (last_row && end_id[t] >= 0) for (int64_t n = 0; n < N; n++) last_row[end_id[t] * last_stride + n] = h[n];
+        for (int64_t k = 0; k < nt; k++) {
+            const int64_t t = t0 + k;
+            const SCALAR x = ur[t], dlx = dlr[t] * x;
+            const SCALAR* ak = abuf + k * N;
+            const SCALAR* Bp = Bb + t * N;
+            const SCALAR* Cp = Cb + t * N;
+            SCALAR acc = 0;
+            #pragma omp simd reduction(+:acc)
+            for (int64_t n = 0; n < N; n++) {
+                const SCALAR hn = ak[n] * h[n] + dlx * Bp[n];
+                h[n] = hn;
+                acc += Cp[n] * hn;
+            }
+            SCALAR out = acc + Dd * x;
+            if (gr) out *= gr[t];
+            yr[t] = out;
+            if (last_row && end_id[t] >= 0) for (int64_t n = 0; n < N; n++) last_row[end_id[t] * last_stride + n] = h[n];
+        }
     }
 }
 
@@ -145,6 +157,7 @@ void ss_fwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCA
     {
         SCALAR* dl = (SCALAR*)malloc(sizeof(SCALAR) * (L > 0 ? L : 1));
         SCALAR* gate = z ? (SCALAR*)malloc(sizeof(SCALAR) * (L > 0 ? L : 1)) : 0;
+        SCALAR* abuf = (SCALAR*)malloc(sizeof(SCALAR) * K * N);
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             const int64_t b = r / dim, d = r % dim;
@@ -156,11 +169,11 @@ void ss_fwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCA
             ss_prep_delta_SFX(delta + r * L, dbias ? dbias[d] : (SCALAR)0, softplus, dl, 0, L);
             if (z) ss_prep_gate_SFX(z + r * L, gate, 0, L);
             if (N == 16)
-                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, L, 16, K, dim * N);
+                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, abuf, L, 16, K, dim * N);
             else
-                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, L, N, K, dim * N);
+                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, abuf, L, N, K, dim * N);
         }
-        free(dl); free(gate);
+        free(dl); free(gate); free(abuf);
     }
 }
 
@@ -180,18 +193,23 @@ static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
         const int64_t t0 = c * K, t1 = (t0 + K < L) ? t0 + K : L;
         const SCALAR* h0 = ck_row + c * N;
         for (int64_t n = 0; n < N; n++) h[n] = h0[n];
+        for (int64_t t = t0; t < t1; t++) {              /* the chunk's decays (vectorised, independent) */
+            const SCALAR dl = dlr[t];
+            SCALAR* ak = abuf + (t - t0) * N;
+            #pragma omp simd
+            for (int64_t n = 0; n < N; n++) ak[n] = VEXP(dl * Ar[n]);
+        }
         for (int64_t t = t0; t < t1; t++) {              /* recompute the chunk's states */
             const int64_t k = t - t0;
             if (reset[t]) for (int64_t n = 0; n < N; n++) h[n] = 0;
-            const SCALAR dl = dlr[t], dlx = dl * ur[t];
+            const SCALAR dlx = dlr[t] * ur[t];
             const SCALAR* Bp = Bb + t * N;
-            SCALAR* ak = abuf + k * N;
+            const SCALAR* ak = abuf + k * N;
             SCALAR* hk = hbuf + k * N;
             #pragma omp simd
             for (int64_t n = 0; n < N; n++) {
-                const SCALAR an = VEXP(dl * Ar[n]);
-                const SCALAR hn = an * h[n] + dlx * Bp[n];
-                ak[n] = an; hk[n] = hn; h[n] = hn;
+                const SCALAR hn = ak[n] * h[n] + dlx * Bp[n];
+                hk[n] = hn; h[n] = hn;
             }
         }
         for (int64_t t = t1 - 1; t >= t0; t--) {         /* reverse scan through the chunk */
