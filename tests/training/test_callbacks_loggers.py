@@ -57,3 +57,19 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
     assert wandb_mode() == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_mode() == "online"
+
+
+@pytest.mark.slow
+def test_offline_wandb_run_carries_config_and_group(monkeypatch, tmp_path):
+    """A real offline W&B run (no network): resolved config attached, grouped by recipe name."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    loggers = build_loggers(str(tmp_path), "debug", config={"model": {"lr": 0.003}, "name": "debug"})
+    assert [type(lg).__name__ for lg in loggers] == ["CSVLogger", "WandbLogger"]
+    run = loggers[1].experiment
+    try:
+        assert run.group == "debug" and run.config["model"] == {"lr": 0.003}
+        loggers[1].log_metrics({"train/loss": 1.0, "train/tokens": 512.0}, step=0)
+    finally:
+        run.finish()
