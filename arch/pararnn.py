@@ -70,14 +70,18 @@ class _ProjectedCell(nn.Module):
     def forward(self, x_t: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         return self.step(self.project(x_t), h_prev)
 
-    def fused_newton(self, u: torch.Tensor, h0: torch.Tensor, atol: float, rtol: float, max_iters: int):
-        """All Newton iterations in one Triton kernel (float32 inside, ops/newton/triton_para*.py);
-        None where it does not apply (float64, or no triton). Used by newton_solve on backend triton."""
-        if torch.float64 in (u.dtype, h0.dtype) or not triton_available():
+    def fused_newton(self, u: torch.Tensor, h0: torch.Tensor, atol: float, rtol: float, max_iters: int,
+                     backend: str):
+        """All Newton iterations in one kernel, float32 inside: Triton (``ops/newton/triton_para*.py``)
+        or a fused C loop on CPU (``ops/newton/cpu_fused.py``). None where it does not apply
+        (float64, no triton / no C compiler): newton_solve then runs its generic path."""
+        if torch.float64 in (u.dtype, h0.dtype) or (backend == "triton" and not triton_available()):
+            return None
+        if backend == "cpu" and u.is_cuda:
             return None
         import importlib
 
-        mod, fn = self.fused_kernel
+        mod, fn = self.fused_kernels[backend]
         kernel = getattr(importlib.import_module(f"parazoo.ops.newton.{mod}"), fn)
         return kernel(u, torch.stack(self.weights()), h0, max_iters, atol, rtol)
 
@@ -86,7 +90,7 @@ class ParaGRUCell(_ProjectedCell):
     """ParaGRU cell: state (N, H); diagonal Jacobian."""
 
     jacobian_structure = "diag"
-    fused_kernel = ("triton_paragru", "paragru_newton_triton")
+    fused_kernels = {"triton": ("triton_paragru", "paragru_newton_triton"), "cpu": ("cpu_fused", "paragru_newton_cpu")}
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, recurrent_bound: float | None = None):
         super().__init__(input_size, hidden_size, 3, bias, recurrent_bound)  # recurrent rows: a_z, a_r, a_h
@@ -114,7 +118,8 @@ class ParaLSTMCell(_ProjectedCell):
     """ParaLSTM cell (CIFG, peepholes): state (N, H, 2) = [c, h] per channel; 2x2 Jacobian blocks."""
 
     jacobian_structure = ("block", 2)
-    fused_kernel = ("triton_paralstm", "paralstm_newton_triton")
+    fused_kernels = {"triton": ("triton_paralstm", "paralstm_newton_triton"),
+                     "cpu": ("cpu_fused", "paralstm_newton_cpu")}
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, recurrent_bound: float | None = None):
         super().__init__(input_size, hidden_size, 5, bias, recurrent_bound)  # a_f, a_c, a_o, p_f, p_o

@@ -93,9 +93,9 @@ def newton_solve(f, x: torch.Tensor, h0: torch.Tensor | None = None, *, state_sh
         "raise" (NewtonError) or "warn" (return the last iterate; NaN/inf is never returned).
     chunk_size: solve the sequence in chunks of this length, carrying the state across.
     return_info: also return a NewtonInfo (iterations per chunk, final residual, fallbacks).
-    fused_forward: optional ``fused_forward(x, h0, atol, rtol, max_iters) -> (h, iters, residual,
-        converged) | None``: a kernel that runs all Newton iterations of this particular f itself
-        (ParaGRU's fused Triton kernel); used on the Triton backend only, None = not applicable.
+    fused_forward: optional ``fused_forward(x, h0, atol, rtol, max_iters, backend) -> (h, iters,
+        residual, converged) | None``: a kernel that runs all Newton iterations of this particular f
+        itself (ParaGRU / ParaLSTM: Triton, or a fused C loop on CPU); None = not applicable here.
         Its result gets the same on_fail handling and the same implicit-adjoint backward.
     backend: "auto" | "triton" | "cpu" | "reference"; "reference" runs the sequential loop with
         ordinary autograd (BPTT); the others pick the backend of the scans.

@@ -100,7 +100,7 @@ def _solve_chunk(f, evaluate, structure: Structure, x, h0, opts: NewtonOptions, 
 
 def _run_fused(fused, f, x, h0, opts, atol, rtol, info, op):
     """A fused kernel ran all Newton iterations; apply on_fail to the whole sequence if it failed."""
-    out = fused(x, h0, atol, rtol, opts.max_iters)
+    out = fused(x, h0, atol, rtol, opts.max_iters, opts.backend)
     if out is None:
         return None
     h, iters, resid, ok = out
@@ -117,9 +117,10 @@ def newton_forward(f, evaluate, structure: Structure, x: torch.Tensor, h0: torch
                    opts: NewtonOptions, op: str = "newton_solve", fused=None):
     """Solve the whole sequence chunk by chunk without autograd. Returns (h (B, T, *S), NewtonInfo).
 
-    fused: optional ``fused(x, h0, atol, rtol, max_iters) -> (h, iters, residual, ok) | None``, a
-    kernel running every Newton iteration itself (ParaGRU's Triton kernel); used on the Triton
-    backend, and None from it means "not applicable here" (the generic path runs instead).
+    fused: optional ``fused(x, h0, atol, rtol, max_iters, backend) -> (h, iters, residual, ok) | None``,
+    a kernel running every Newton iteration itself (ParaGRU / ParaLSTM: Triton or fused C); None
+    from it means "not applicable here" (the generic path runs instead). Used with init="f0" and
+    omega=1 only; it tiles time itself (chunk_size and check_every apply to the generic path).
     """
     dt = solve_dtype(h0.dtype)
     atol, rtol = default_tolerances(dt)
@@ -128,7 +129,7 @@ def newton_forward(f, evaluate, structure: Structure, x: torch.Tensor, h0: torch
     T = x.shape[1]
     chunk = opts.chunk_size or T
     info = NewtonInfo()
-    if fused is not None and opts.backend == "triton":
+    if fused is not None and opts.backend in ("triton", "cpu") and opts.init == "f0" and opts.omega == 1.0:
         with torch.no_grad():
             done = _run_fused(fused, f, x, h0.to(dt), opts, atol, rtol, info, op)
         if done is not None:

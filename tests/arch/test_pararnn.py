@@ -169,7 +169,7 @@ def test_fused_triton_newton_matches_sequential_and_bptt(kind, triton_interprete
     import importlib
 
     cell, _, x, h0 = make(kind, H=3, B=1, T=19, dtype=torch.float32)  # 2 tiles of 16 steps: the carry is used
-    mod, fn = cell.fused_kernel
+    mod, fn = cell.fused_kernels["triton"]
     mod = importlib.import_module(f"parazoo.ops.newton.{mod}")
     calls = []
     real = getattr(mod, fn)
@@ -199,3 +199,23 @@ def test_fused_triton_failure_goes_through_on_fail(kind, triton_interpreter, mon
         h = rnn(x, h0)
     assert rnn.last_info.fell_back == 1
     assert_close(h, rnn(x, h0, mode="sequential"))
+
+
+# ---- fused C Newton on CPU (float32) --------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_fused_cpu_newton_used_matches_and_fails_cleanly(kind, monkeypatch):
+    from parazoo.ops.newton import NewtonError
+    from parazoo.ops.newton import cpu_fused
+
+    cell, rnn, x, h0 = make(kind, H=6, T=23, dtype=torch.float32)
+    calls = []
+    fn = cell.fused_kernels["cpu"][1]
+    real = getattr(cpu_fused, fn)
+    monkeypatch.setattr(cpu_fused, fn, lambda *a: calls.append(1) or real(*a))
+    h = rnn(x, h0)
+    assert calls and rnn.last_info.converged
+    assert_close(h, rnn(x, h0, mode="sequential"))
+    with pytest.raises(NewtonError, match="did not converge"):
+        ParallelRNN(cell, backend="cpu", max_iters=0, on_fail="raise")(x, h0)
+    monkeypatch.setattr(cpu_fused.KERNEL, "load", lambda: None)  # no C compiler: the generic path runs
+    assert_close(rnn(x, h0), h)
