@@ -14,8 +14,9 @@ Spaces", Fig. 3 and Algorithm 2), with mamba_ssm's parameter names and shapes so
 Initialisation (``reset_parameters``, as upstream): A_log = log(1..N) for every channel
 (S4D-real), D = 1, dt_proj.weight ~ U(-dt_rank^-1/2, dt_rank^-1/2) ("random", dt_scale 1),
 dt_proj.bias = softplus^-1(dt) with dt ~ log-uniform[dt_min, dt_max] floored at dt_init_floor.
-A_log and D carry ``_no_weight_decay = True`` (the optimizer reads that attribute); so does
-dt_proj.bias, which upstream re-initialises and keeps out of weight decay by the same flag.
+A_log and D carry ``_no_weight_decay = True``, as upstream (parazoo.training.optim.param_groups
+reads that attribute; A_log is 2-D, so without the flag it would be decayed). dt_proj.bias is
+flagged too (1-D, never decayed anyway).
 
 State (decoding): {"conv_state": (B, d_inner, d_conv), the last d_conv conv inputs (oldest
 first), "ssm_state": (B, d_inner, N) in float32 (float64 for float64 models)}. A single token

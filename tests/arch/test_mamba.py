@@ -138,6 +138,10 @@ def test_upstream_init():
     for p in (m.A_log, m.D):
         assert getattr(p, "_no_weight_decay", False)
     assert not getattr(m.in_proj.weight, "_no_weight_decay", False)
+    from parazoo.training.optim import param_groups
+
+    decay, no_decay = param_groups(m, 0.1)
+    assert any(p is m.A_log for p in no_decay["params"]) and not any(p is m.A_log for p in decay["params"])
 
 
 def test_language_model_keeps_mamba_init_and_decodes():
