@@ -11,7 +11,10 @@ ParaLSTM (CIFG with peepholes, state [c, h] stored as (B, H, 2), 2x2 Jacobian bl
     c = f c_prev + (1 - f) c~;  o = sigmoid(a_o h + u_o + p_o c);  h' = o tanh(c)
 
 Both supply closed-form Jacobians A_t = d(state_t)/d(state_{t-1}) (``step_with_jacobian``), which
-the Newton solver (``parazoo.ops.newton_solve``) uses instead of autograd. ``recurrent_bound=m``
+the Newton solver (``parazoo.ops.newton_solve``) uses instead of autograd, and fused kernels that
+run every Newton iteration in one kernel for float32 (``fused_newton``: Triton on the triton
+backend, a C loop on cpu; ops/newton/triton_para*.py, cpu_fused.py). The backward is always the
+implicit adjoint (reverse scan + one vjp of the cell). ``recurrent_bound=m``
 reparametrises every recurrent / peephole weight as m tanh(w / m) (|a| < m): a small m keeps the
 dynamics contracting, so Newton converges in a few steps.
 
@@ -160,7 +163,9 @@ class ParallelRNN(nn.Module):
     cell: nn.Module with ``forward(x_t (N, *X), h_prev (N, *S)) -> h_t (N, *S)``, batch-agnostic.
     Optional extras the cell may have: ``state_shape`` (S), ``jacobian_structure`` (default for
     ``jacobian``), ``project(x)`` + ``step(u_t, h_prev)`` (input-only work hoisted out of the
-    Newton loop) and ``step_with_jacobian(u_t, h_prev) -> (h_t, A)`` (closed-form Jacobian).
+    Newton loop), ``step_with_jacobian(u_t, h_prev) -> (h_t, A)`` (closed-form Jacobian) and
+    ``fused_newton(...)`` (a kernel running all iterations; see newton_solve's fused_forward).
+    ``closed_form=False`` ignores the last two and uses autograd Jacobians.
     jacobian: "diag" | ("block", K) | "dense" (None: the cell's ``jacobian_structure``, else "diag").
     The remaining options go to ``parazoo.ops.newton_solve``. ``last_info`` holds the NewtonInfo
     of the last parallel forward (iterations, residual, fallbacks).
