@@ -22,9 +22,10 @@ def block_scan_ref(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = N
     out_dtype = torch.promote_types(A.dtype, b.dtype)
     T = b.shape[1]
     h = torch.zeros(b.shape[:1] + b.shape[2:], dtype=sd, device=b.device) if h0 is None else h0.to(sd)  # (B, *, K)
+    A_t, b_t = A.to(sd).unbind(1), b.to(sd).unbind(1)  # unbind: one backward op, not T scatters
     outs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        h = (A[:, t].to(sd) @ h.unsqueeze(-1)).squeeze(-1) + b[:, t].to(sd)
+        h = (A_t[t] @ h.unsqueeze(-1)).squeeze(-1) + b_t[t]
         outs[t] = h
     if T == 0:
         return torch.empty(b.shape, dtype=out_dtype, device=b.device)

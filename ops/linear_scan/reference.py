@@ -25,9 +25,10 @@ def linear_scan_ref(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = 
     out_dtype = torch.promote_types(a.dtype, b.dtype)
     T = a.shape[1]
     h = torch.zeros(a.shape[:1] + a.shape[2:], dtype=sd, device=a.device) if h0 is None else h0.to(sd)  # (B, *)
+    a_t, b_t = a.to(sd).unbind(1), b.to(sd).unbind(1)  # unbind: one backward op, not T scatters
     outs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        h = a[:, t].to(sd) * h + b[:, t].to(sd)
+        h = a_t[t] * h + b_t[t]
         outs[t] = h
     if T == 0:
         return torch.empty(b.shape, dtype=out_dtype, device=b.device)

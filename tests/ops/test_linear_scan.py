@@ -46,7 +46,7 @@ def check_against_reference(backend, a, b, h0, reverse, **kw):
 
 
 # (B, T, chan): T = 1, odd, 63, one past a power of two (several Triton tiles: 16 steps under the
-# interpreter, 128 on GPU), long. The interpreter runs tl.associative_scan element by element in
+# interpreter, 64 on GPU), long. The interpreter runs tl.associative_scan element by element in
 # Python, so Triton cases keep few channels.
 CASES = [(1, 1, (3,)), (2, 7, (5,)), (3, 63, (2, 3)), (2, 257, (4,)), (1, 1000, (3,))]
 TRITON_CASES = [(1, 1, (3,)), (2, 7, (2,)), (1, 63, (3,)), (2, 257, (1,))]  # T = 1000: slow tier
