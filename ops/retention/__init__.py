@@ -17,11 +17,13 @@ Return values, as fla: chunk_retention and fused_recurrent_retention return (o, 
 final_state None unless output_final_state. parallel_retention returns (o, None): fla returns
 (o, attn) with attn only when asked for attention scores, which parazoo's contract does not offer.
 
-Backends: "cpu" runs the torch chunkwise form (chunk, and parallel as one chunk of length T) or the
-recurrent loop; "triton" runs the Triton kernels (parallel_retention's Triton path is the chunked
-kernels with chunk 64, which compute the same O); "reference" the sequential definition.
-chunk_size only chooses how the work is tiled: any power of two gives the same result (the Triton
-kernels tile at least 16 steps, the tl.dot minimum).
+Backends: "cpu" runs the torch chunkwise form (chunk, and parallel as one chunk of length T:
+O(T^2) memory, as the parallel form is) or the recurrent loop (fused C via ops/_cpu_jit on CPU
+tensors, torch loops without a compiler or on CUDA); "triton" runs the Triton kernels
+(parallel_retention's Triton path is the chunked kernels with chunk 64, which compute the same O;
+float32 dots use 3xTF32, float64/16-bit ones are exact products with float32 accumulation);
+"reference" the sequential definition. chunk_size only chooses how the work is tiled: any power of
+two gives the same result (the Triton kernels tile at least 16 steps, the tl.dot minimum).
 """
 from __future__ import annotations
 
