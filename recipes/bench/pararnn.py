@@ -98,12 +98,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{kind} {B}x{H} T={T}: parallel {r['parallel_fwd_bwd_ms']:.1f} ms, sequential "
                       f"{r['sequential_fwd_bwd_ms']:.1f} ms (fwd+bwd), {r['speedup_fwd_bwd']:.1f}x, "
                       f"{r['newton_iters']} Newton iterations", flush=True)
+                if a.out:  # after every row, so a long run that is stopped keeps what it measured
+                    _write(a.out, rows, a.device)
     print()
     print(table(rows))
     if a.out:
-        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-                "processor": platform.processor(), "device": a.device}
-        with open(a.out, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
         print(f"\nwrote {a.out}")
     return 0
+
+
+def _write(path: str, rows: list[dict], device: str) -> None:
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "processor": platform.processor(), "device": device}
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
