@@ -17,7 +17,7 @@ import torch
 
 from .._cpu_jit import CKernel, I64, PTR, ptr
 from ..linear_scan import chunked
-from ..linear_scan.cpu import _to_state, _suffix
+from ..linear_scan.cpu import to_state_dtype, c_suffix
 
 __all__ = ["block_scan_fwd", "block_scan_bwd"]
 
@@ -141,20 +141,20 @@ def _eye(A):
 
 def block_scan_fwd(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> torch.Tensor:
     """A: (B, T, D, K, K); b: (B, T, D, K); h0: (B, D, K) or None. Returns h (B, T, D, K), state dtype."""
-    A, b, h0 = _to_state(A, b, h0)
+    A, b, h0 = to_state_dtype(A, b, h0)
     lib = _lib(A, b, h0)
     if lib is None:
         return chunked.scan(A, b, h0, reverse, _matmul, _matvec, _eye(A))
     out = torch.empty_like(b)
     B, T, D, K = b.shape
-    getattr(lib, "bs_fwd_" + _suffix(b))(ptr(A), ptr(b), ptr(h0), ptr(out), B, T, D, K, int(reverse))
+    getattr(lib, "bs_fwd_" + c_suffix(b))(ptr(A), ptr(b), ptr(h0), ptr(out), B, T, D, K, int(reverse))
     return out
 
 
 def block_scan_bwd(go: torch.Tensor, A: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None,
                    reverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """go, h: (B, T, D, K); A: (B, T, D, K, K); h0: (B, D, K) or None. Returns (dA, db, dh0 (B, D, K))."""
-    go, A, h, h0 = _to_state(go, A, h, h0)
+    go, A, h, h0 = to_state_dtype(go, A, h, h0)
     lib = _lib(go, A, h, h0)
     if lib is None:
         At = A.transpose(-1, -2)
@@ -165,6 +165,6 @@ def block_scan_bwd(go: torch.Tensor, A: torch.Tensor, h: torch.Tensor, h0: torch
     B, T, D, K = h.shape
     dA, db = torch.empty_like(A), torch.empty_like(h)
     dh0 = torch.empty((B, D, K), dtype=h.dtype, device=h.device)
-    getattr(lib, "bs_bwd_" + _suffix(h))(ptr(go), ptr(A), ptr(h), ptr(h0), ptr(dA), ptr(db), ptr(dh0),
+    getattr(lib, "bs_bwd_" + c_suffix(h))(ptr(go), ptr(A), ptr(h), ptr(h0), ptr(dA), ptr(db), ptr(dh0),
                                          B, T, D, K, int(reverse))
     return dA, db, dh0

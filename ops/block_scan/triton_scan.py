@@ -33,7 +33,7 @@ import triton.language as tl
 from .._backend import triton_interpret
 from .._triton_aot import AotSpec
 from ..linear_scan.reference import state_dtype
-from ..linear_scan.triton_scan import _io, _to_state
+from ..linear_scan.triton_scan import io_cast, to_state
 
 __all__ = ["block_scan_fwd", "block_scan_bwd", "MAX_K", "AOT_SPECS"]
 
@@ -62,17 +62,17 @@ def _bs_chunk_kernel(
         moff = d.to(tl.int64)[:, None, None] * K * K + i[None, :, None] * K + i[None, None, :]
     brow = pid_b.to(tl.int64) * T                                     # first time row of this batch
     crow = (pid_b.to(tl.int64) * NC + c) * D                          # first channel row of chunk c
-    zero = _to_state(tl.zeros([BLOCK_D, KP], dtype=tl.float32), IS_F64)
+    zero = to_state(tl.zeros([BLOCK_D, KP], dtype=tl.float32), IS_F64)
     if STAGE == 1:
         s = zero
         eye = tl.where((i[:, None] == i[None, :])[None, :, :] & mmask, 1.0, 0.0)
-        P = _to_state(eye, IS_F64) + _to_state(tl.zeros([BLOCK_D, KP, KP], dtype=tl.float32), IS_F64)
+        P = to_state(eye, IS_F64) + to_state(tl.zeros([BLOCK_D, KP, KP], dtype=tl.float32), IS_F64)
     else:
-        s = _to_state(tl.load(CARRY + crow * K + voff, mask=vmask, other=0.0), IS_F64)
+        s = to_state(tl.load(CARRY + crow * K + voff, mask=vmask, other=0.0), IS_F64)
     if BWD:
         moff_t = d.to(tl.int64)[:, None, None] * K * K + i[None, :, None] * K + i[None, None, :]
         if HAS_H0:
-            h0 = _to_state(tl.load(H0 + pid_b.to(tl.int64) * D * K + voff, mask=vmask, other=0.0), IS_F64)
+            h0 = to_state(tl.load(H0 + pid_b.to(tl.int64) * D * K + voff, mask=vmask, other=0.0), IS_F64)
     u_end = tl.minimum(c * BLOCK_T + BLOCK_T, T)
     # no @triton.jit helper calls inside the loop: they are costly in the interpreter
     for u in range(c * BLOCK_T, u_end):
@@ -120,9 +120,9 @@ def _bs_carry_kernel(
     mmask = vmask[:, :, None] & (i < K)[None, None, :]
     voff = d.to(tl.int64)[:, None] * K + i[None, :]
     moff = d.to(tl.int64)[:, None, None] * K * K + i[None, :, None] * K + i[None, None, :]
-    s = _to_state(tl.zeros([BLOCK_D, KP], dtype=tl.float32), IS_F64)
+    s = to_state(tl.zeros([BLOCK_D, KP], dtype=tl.float32), IS_F64)
     if HAS_H0:
-        s = _to_state(tl.load(H0 + pid_b.to(tl.int64) * D * K + voff, mask=vmask, other=0.0), IS_F64)
+        s = to_state(tl.load(H0 + pid_b.to(tl.int64) * D * K + voff, mask=vmask, other=0.0), IS_F64)
     for c in range(0, NC):
         crow = (pid_b.to(tl.int64) * NC + c) * D
         tl.store(CARRY + crow * K + voff, s, mask=vmask)
@@ -171,7 +171,7 @@ def block_scan_fwd(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, re
     if b.shape[-1] > MAX_K:
         return _fallback().block_scan_fwd(A, b, h0, reverse)
     sd = state_dtype(A, b, h0)
-    A, b = _io(A, b)
+    A, b = io_cast(A, b)
     h0 = None if h0 is None else h0.to(sd).contiguous()
     out = torch.empty(b.shape, dtype=sd, device=b.device)
     _run(A, b, h0, bool(reverse), False, out)
@@ -183,7 +183,7 @@ def block_scan_bwd(go, A, h, h0, reverse):
     if h.shape[-1] > MAX_K:
         return _fallback().block_scan_bwd(go, A, h, h0, reverse)
     sd = state_dtype(A, h, h0)
-    go, A, h = _io(go, A, h)
+    go, A, h = io_cast(go, A, h)
     h0 = None if h0 is None else h0.to(sd).contiguous()
     db = torch.empty(h.shape, dtype=sd, device=h.device)
     dA = torch.empty(A.shape, dtype=sd, device=h.device)

@@ -87,38 +87,38 @@ def _lib(*tensors):
     return KERNEL.load()
 
 
-def _to_state(*tensors):
+def to_state_dtype(*tensors):
     """Cast to the state dtype (float64 if any is float64, else float32), contiguous."""
     sd = state_dtype(*tensors)
     return [None if t is None else t.to(sd).contiguous() for t in tensors]
 
 
-def _suffix(t: torch.Tensor) -> str:
+def c_suffix(t: torch.Tensor) -> str:
     return "f64" if t.dtype == torch.float64 else "f32"
 
 
 def linear_scan_fwd(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> torch.Tensor:
     """a, b: (B, T, D) contiguous; h0: (B, D) or None. Returns h (B, T, D) in the state dtype."""
-    a, b, h0 = _to_state(a, b, h0)
+    a, b, h0 = to_state_dtype(a, b, h0)
     lib = _lib(a, b, h0)
     if lib is None:
         return chunked.diag_scan(a, b, h0, reverse)
     out = torch.empty_like(b)
     B, T, D = b.shape
-    getattr(lib, "ls_fwd_" + _suffix(b))(ptr(a), ptr(b), ptr(h0), ptr(out), B, T, D, int(reverse))
+    getattr(lib, "ls_fwd_" + c_suffix(b))(ptr(a), ptr(b), ptr(h0), ptr(out), B, T, D, int(reverse))
     return out
 
 
 def linear_scan_bwd(go: torch.Tensor, a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None,
                     reverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """go, a, h: (B, T, D); h0: (B, D) or None. Returns (da, db, dh0) with dh0 (B, D)."""
-    go, a, h, h0 = _to_state(go, a, h, h0)
+    go, a, h, h0 = to_state_dtype(go, a, h, h0)
     lib = _lib(go, a, h, h0)
     if lib is None:
         return chunked.diag_scan_bwd(go, a, h, h0, reverse)
     B, T, D = a.shape
     da, db = torch.empty_like(a), torch.empty_like(a)
     dh0 = torch.empty((B, D), dtype=a.dtype, device=a.device)
-    getattr(lib, "ls_bwd_" + _suffix(a))(ptr(go), ptr(a), ptr(h), ptr(h0), ptr(da), ptr(db), ptr(dh0),
+    getattr(lib, "ls_bwd_" + c_suffix(a))(ptr(go), ptr(a), ptr(h), ptr(h0), ptr(da), ptr(db), ptr(dh0),
                                          B, T, D, int(reverse))
     return da, db, dh0

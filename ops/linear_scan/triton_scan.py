@@ -27,7 +27,7 @@ __all__ = ["linear_scan_fwd", "linear_scan_bwd", "AOT_SPECS"]
 
 
 @triton.jit
-def _to_state(v, IS_F64: tl.constexpr):
+def to_state(v, IS_F64: tl.constexpr):
     if IS_F64:
         out = v.to(tl.float64)
     else:
@@ -69,16 +69,16 @@ def _ls_fwd_kernel(
     cmask = cols < D
     rows = tl.arange(0, BLOCK_T)
     base = pid_b.to(tl.int64) * T * D
-    h = _to_state(tl.zeros([BLOCK_D], dtype=tl.float32), IS_F64)
+    h = to_state(tl.zeros([BLOCK_D], dtype=tl.float32), IS_F64)
     if HAS_H0:
-        h = _to_state(tl.load(H0 + pid_b.to(tl.int64) * D + cols, mask=cmask, other=0.0), IS_F64)
+        h = to_state(tl.load(H0 + pid_b.to(tl.int64) * D + cols, mask=cmask, other=0.0), IS_F64)
     for p0 in range(0, T, BLOCK_T):
         p = p0 + rows                                                   # scan positions (BLOCK_T,)
         t = _time_of(p, T, REVERSE)
         m = (p < T)[:, None] & cmask[None, :]
         offs = base + t.to(tl.int64)[:, None] * D + cols[None, :]       # (BLOCK_T, BLOCK_D)
-        a = _to_state(tl.load(A + offs, mask=m, other=1.0), IS_F64)
-        b = _to_state(tl.load(X + offs, mask=m, other=0.0), IS_F64)
+        a = to_state(tl.load(A + offs, mask=m, other=1.0), IS_F64)
+        b = to_state(tl.load(X + offs, mask=m, other=0.0), IS_F64)
         acum, bcum = tl.associative_scan((a, b), 0, _combine)
         hs = acum * h[None, :] + bcum
         tl.store(OUT + offs, hs, mask=m)
@@ -97,10 +97,10 @@ def _ls_bwd_kernel(
     cmask = cols < D
     rows = tl.arange(0, BLOCK_T)
     base = pid_b.to(tl.int64) * T * D
-    g = _to_state(tl.zeros([BLOCK_D], dtype=tl.float32), IS_F64)
-    h0 = _to_state(tl.zeros([BLOCK_D], dtype=tl.float32), IS_F64)
+    g = to_state(tl.zeros([BLOCK_D], dtype=tl.float32), IS_F64)
+    h0 = to_state(tl.zeros([BLOCK_D], dtype=tl.float32), IS_F64)
     if HAS_H0:
-        h0 = _to_state(tl.load(H0 + pid_b.to(tl.int64) * D + cols, mask=cmask, other=0.0), IS_F64)
+        h0 = to_state(tl.load(H0 + pid_b.to(tl.int64) * D + cols, mask=cmask, other=0.0), IS_F64)
     for q0 in range(0, T, BLOCK_T):
         p = T - 1 - (q0 + rows)                                         # scan positions, descending
         valid = p >= 0
@@ -109,17 +109,17 @@ def _ls_bwd_kernel(
         offs = base + _time_of(p, T, REVERSE).to(tl.int64)[:, None] * D + col
         offs_next = base + _time_of(p + 1, T, REVERSE).to(tl.int64)[:, None] * D + col
         offs_prev = base + _time_of(p - 1, T, REVERSE).to(tl.int64)[:, None] * D + col
-        go = _to_state(tl.load(GO + offs, mask=m, other=0.0), IS_F64)
-        a_next = _to_state(tl.load(A + offs_next, mask=m & (p + 1 < T)[:, None], other=0.0), IS_F64)
+        go = to_state(tl.load(GO + offs, mask=m, other=0.0), IS_F64)
+        a_next = to_state(tl.load(A + offs_next, mask=m & (p + 1 < T)[:, None], other=0.0), IS_F64)
         a_next = tl.where(m, a_next, 1.0)                               # identity past the end
         acum, gcum = tl.associative_scan((a_next, go), 0, _combine)
         gs = acum * g[None, :] + gcum                                   # g at positions p
-        h_prev = _to_state(tl.load(H + offs_prev, mask=m & (p >= 1)[:, None], other=0.0), IS_F64)
+        h_prev = to_state(tl.load(H + offs_prev, mask=m & (p >= 1)[:, None], other=0.0), IS_F64)
         h_prev = tl.where((p == 0)[:, None], h0[None, :], h_prev)
         tl.store(DB + offs, gs, mask=m)
         tl.store(DA + offs, gs * h_prev, mask=m)
         g = _last_row(gs, BLOCK_T)
-    a0 = _to_state(tl.load(A + base + _time_of(0, T, REVERSE).to(tl.int64) * D + cols, mask=cmask, other=0.0),
+    a0 = to_state(tl.load(A + base + _time_of(0, T, REVERSE).to(tl.int64) * D + cols, mask=cmask, other=0.0),
                    IS_F64)
     tl.store(DH0 + pid_b.to(tl.int64) * D + cols, a0 * g, mask=cmask)
 
@@ -131,7 +131,7 @@ def _config(D: int) -> tuple[int, int, int]:
     return 64, 32, 4  # sm_90: 123 (fwd) / 159 (bwd) registers, no spills; 128 x 32 spills in the bwd
 
 
-def _io(*tensors):
+def io_cast(*tensors):
     """Cast to one I/O dtype (promote of the inputs, float32 at least for state-sized tensors)."""
     dt = tensors[0].dtype
     for t in tensors[1:]:
@@ -143,7 +143,7 @@ def _io(*tensors):
 def linear_scan_fwd(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> torch.Tensor:
     """a, b: (B, T, D); h0: (B, D) or None. Returns h (B, T, D) in dtype promote(a, b)."""
     sd = state_dtype(a, b, h0)
-    a, b = _io(a, b)
+    a, b = io_cast(a, b)
     h0 = None if h0 is None else h0.to(sd).contiguous()
     B, T, D = b.shape
     out = torch.empty_like(b)
@@ -159,7 +159,7 @@ def linear_scan_fwd(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, r
 def linear_scan_bwd(go, a, h, h0, reverse):
     """go, a, h: (B, T, D); h0: (B, D) or None. Returns (da, db, dh0) in the state dtype."""
     sd = state_dtype(a, h, h0)
-    go, a, h = _io(go, a, h)
+    go, a, h = io_cast(go, a, h)
     h0 = None if h0 is None else h0.to(sd).contiguous()
     B, T, D = a.shape
     da = torch.empty((B, T, D), dtype=sd, device=a.device)
