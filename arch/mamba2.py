@@ -10,6 +10,8 @@
     y_t          = h_t C_t + D x_t                             (SSD, ``parazoo.ops.ssd_scan``)
     out          = out_proj(RMSNorm(y * silu(z)))              gated RMSNorm, norm_before_gate=False,
                                                                groups of d_inner / G channels
+Options for hybrids (Falcon-H1): ``d_ssm`` sets d_inner directly; ``rmsnorm=False`` gives
+out = out_proj(y * silu(z)); ``norm_before_gate=True`` gives RMSNorm(y) * silu(z).
 Initialisation (``reset_parameters``, as upstream): A ~ U(A_init_range) per head, A_log = log A;
 dt_bias = softplus^-1(dt), dt ~ log-uniform[dt_min, dt_max] floored at dt_init_floor (shared with
 Mamba-1: ``init_dt_bias``); D = 1. A_log, D, dt_bias carry ``_no_weight_decay = True``.
@@ -38,12 +40,14 @@ class Mamba2(nn.Module):
     def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64,
                  ngroups: int = 1, A_init_range: tuple = (1, 16), dt_min: float = 1e-3, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, chunk_size: int = 256, norm_eps: float = 1e-5,
-                 conv_bias: bool = True, bias: bool = False):
+                 conv_bias: bool = True, bias: bool = False, d_ssm: int | None = None, rmsnorm: bool = True,
+                 norm_before_gate: bool = False, out_bias: bool | None = None):
         super().__init__()
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
-        self.d_inner = int(expand * d_model)
+        self.d_inner = int(expand * d_model) if d_ssm is None else int(d_ssm)
         if self.d_inner % headdim:
-            raise ValueError(f"Mamba2: d_inner = expand * d_model = {self.d_inner} must be a multiple of headdim {headdim}")
+            raise ValueError(f"Mamba2: d_inner = {'expand * d_model' if d_ssm is None else 'd_ssm'} = {self.d_inner} "
+                             f"must be a multiple of headdim {headdim}")
         self.headdim, self.nheads, self.ngroups = headdim, self.d_inner // headdim, ngroups
         if self.nheads % ngroups:
             raise ValueError(f"Mamba2: ngroups {ngroups} must divide the number of heads {self.nheads}")
@@ -57,8 +61,8 @@ class Mamba2(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(H))
         self.A_log = nn.Parameter(torch.empty(H))
         self.D = nn.Parameter(torch.empty(H))
-        self.norm = GatedRMSNorm(di, eps=norm_eps, norm_before_gate=False, group_size=di // G)
-        self.out_proj = nn.Linear(di, d_model, bias=bias)
+        self.norm = GatedRMSNorm(di, eps=norm_eps, norm_before_gate=norm_before_gate, group_size=di // G) if rmsnorm else None
+        self.out_proj = nn.Linear(di, d_model, bias=bias if out_bias is None else out_bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -67,7 +71,8 @@ class Mamba2(nn.Module):
             lo, hi = self.A_init_range
             self.A_log.copy_(torch.log(torch.empty(self.nheads, dtype=torch.float32).uniform_(lo, hi)))
             self.D.fill_(1.0)
-            self.norm.weight.fill_(1.0)
+            if self.norm is not None:
+                self.norm.weight.fill_(1.0)
         for p in (self.A_log, self.D, self.dt_bias):
             p._no_weight_decay = True
 
@@ -84,6 +89,10 @@ class Mamba2(nn.Module):
         """A = -exp(A_log), D, dt_bias, each (H,), in float32 (float64 for a float64 model)."""
         cd = state_dtype(self.A_log.dtype)
         return -torch.exp(self.A_log.to(cd)), self.D.to(cd), self.dt_bias.to(cd)
+
+    def _gate(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The output gate: gated RMSNorm (rmsnorm=True), or plain y * silu(z) (rmsnorm=False)."""
+        return self.norm(y, z) if self.norm is not None else y * F.silu(z)
 
     def _split_in(self, zxbcdt: torch.Tensor):
         di, GN = self.d_inner, self.ngroups * self.d_state
@@ -117,7 +126,7 @@ class Mamba2(nn.Module):
                            self.chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True,
                            initial_states=None if state is None else state["ssm_state"],
                            return_final_states=True)                          # (B, T, H, P), (B, H, P, N)
-        y = self.norm(y.reshape(Bsz, T, self.d_inner), z)
+        y = self._gate(y.reshape(Bsz, T, self.d_inner), z)
         hist = xbc_t if prev is None else torch.cat([prev, xbc_t], dim=-1)
         conv_state = hist[:, :, -self.d_conv:]
         if conv_state.shape[-1] < self.d_conv:                                # T < d_conv from a zero state
@@ -139,5 +148,5 @@ class Mamba2(nn.Module):
         y = selective_state_update(h.view(Bsz, H * P, N), xs, dt.repeat_interleave(P, dim=-1),
                                    A[:, None].expand(H * P, N), Bm.reshape(Bsz, G, N), Cm.reshape(Bsz, G, N),
                                    D=D, dt_bias=dt_bias, dt_softplus=True)   # (B, d_inner)
-        y = self.norm(y, z)
+        y = self._gate(y, z)
         return self.out_proj(y), {"conv_state": conv_state, "ssm_state": h}
