@@ -75,6 +75,20 @@ static inline float ss_log1p01_f32(float e) {
 """
 
 _TEMPLATE = r"""
+/* sum of p[0..N): a halving tree for N = 16 (vector adds; an omp-simd reduction would end in
+   16 dependent scalar adds per time step), a plain loop otherwise. p is scratch. */
+static inline __attribute__((always_inline)) SCALAR ss_hsum_SFX(SCALAR* p, const int64_t N)
+{
+    if (N == 16) {
+        for (int n = 0; n < 8; n++) p[n] += p[n + 8];
+        for (int n = 0; n < 4; n++) p[n] += p[n + 4];
+        return (p[0] + p[2]) + (p[1] + p[3]);
+    }
+    SCALAR s = 0;
+    for (int64_t n = 0; n < N; n++) s += p[n];
+    return s;
+}
+
 /* per-row pointwise pre-pass (vectorised): dl = softplus(delta + bias) or delta + bias,
    sg = d dl / d delta (sigmoid(delta + bias) or 1); gate = silu(z), sz = sigmoid(z) */
 static inline void ss_prep_delta_SFX(const SCALAR* dr, SCALAR bias, int64_t softplus, SCALAR* dl, SCALAR* sg, int64_t L)
@@ -131,14 +145,14 @@ static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
             const SCALAR* ak = abuf + k * N;
             const SCALAR* Bp = Bb + t * N;
             const SCALAR* Cp = Cb + t * N;
-            SCALAR acc = 0;
-            #pragma omp simd reduction(+:acc)
+            SCALAR p[N];
+            #pragma omp simd
             for (int64_t n = 0; n < N; n++) {
                 const SCALAR hn = ak[n] * h[n] + dlx * Bp[n];
                 h[n] = hn;
-                acc += Cp[n] * hn;
+                p[n] = Cp[n] * hn;
             }
-            SCALAR out = acc + Dd * x;
+            SCALAR out = ss_hsum_SFX(p, N) + Dd * x;
             if (gr) out *= gr[t];
             yr[t] = out;
             if (last_row && end_id[t] >= 0) for (int64_t n = 0; n < N; n++) last_row[end_id[t] * last_stride + n] = h[n];
@@ -224,20 +238,22 @@ static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
                 for (int64_t n = 0; n < N; n++) g[n] += dlast_row[end_id[t] * last_stride + n];
             SCALAR* mB = myBb + t * N;
             SCALAR* mC = myCb + t * N;
-            SCALAR ddl = 0, gB = 0, yp = 0;
-            #pragma omp simd reduction(+:ddl, gB, yp)
+            SCALAR pd[N], pb[N], py[N];
+            const SCALAR keep = reset[t] ? (SCALAR)0 : (SCALAR)1;
+            #pragma omp simd
             for (int64_t n = 0; n < N; n++) {
                 const SCALAR gn = g[n] + dy * Cp[n];
                 const SCALAR ah = ak[n] * hp[n];
-                yp += Cp[n] * hk[n];
+                py[n] = Cp[n] * hk[n];
                 mC[n] += dy * hk[n];
                 mB[n] += gn * dlx;
-                ddl += gn * (ah * Ar[n] + Bp[n] * x);
+                pd[n] = gn * (ah * Ar[n] + Bp[n] * x);
                 dAacc[n] += gn * ah * dl;
-                gB += gn * Bp[n];
-                g[n] = reset[t] ? (SCALAR)0 : gn * ak[n];
+                pb[n] = gn * Bp[n];
+                g[n] = keep * gn * ak[n];
             }
-            if (ypre_r) ypre_r[t] = yp + Dd * x;
+            const SCALAR ddl = ss_hsum_SFX(pd, N), gB = ss_hsum_SFX(pb, N);
+            if (ypre_r) ypre_r[t] = ss_hsum_SFX(py, N) + Dd * x;
             dDacc += dy * x;
             dur[t] = dy * Dd + dl * gB;
             ddlr[t] = ddl;
