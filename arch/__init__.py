@@ -17,6 +17,7 @@ _MIXER_MODULES = [
     "retnet",
     "gam",
     "pararnn",
+    "falcon_h1",
     "presets",
 ]
 for _m in _MIXER_MODULES:

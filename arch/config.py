@@ -34,6 +34,7 @@ class ModelConfig:
     pos_emb: "none" (the mixers carry position: RoPE, recurrence) | "learned" (a table of
     max_seq_len positions, GPT-2 / GAM).
     embedding_multiplier / logits_multiplier: muP-style scalars (Falcon-H1), 1 = off.
+    mlp_multipliers: [gate, down] muP scalars of the SwiGLU MLP (Falcon-H1), None = off.
     structure: "standard" | "ladder" (ladder_layers: None = all, k = the last k, or a list) |
     "kraken" (kraken_splits sub-stacks). parscale_n: P parallel streams sharing all weights
     (1 = off), each with a learned prefix state of parscale_prefix tokens for attention (a learned
@@ -60,6 +61,7 @@ class ModelConfig:
     init_std: float = 0.02
     embedding_multiplier: float = 1.0
     logits_multiplier: float = 1.0
+    mlp_multipliers: list | None = None
     # structures (arch/structures.py): properties of the model that work with any mixer
     structure: str = "standard"
     ladder_layers: int | list | None = None
@@ -87,6 +89,12 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.d_ff must be a positive int or None, got {self.d_ff!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.mlp_multipliers is not None:
+            mm = self.mlp_multipliers
+            if (not isinstance(mm, (list, tuple)) or len(mm) != 2 or self.mlp != "swiglu"
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mm)):
+                raise ValueError(f"ModelConfig.mlp_multipliers must be None or [gate, down] numbers with mlp='swiglu', "
+                                 f"got {mm!r} (mlp={self.mlp!r})")
         for n in ("kraken_splits", "parscale_n"):
             pos_int(n)
         if not isinstance(self.parscale_prefix, int) or self.parscale_prefix < 0:

@@ -51,7 +51,7 @@ class Block(nn.Module):
         self.layer_idx = layer_idx
         self.norm1 = build_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias)
         self.mixer = build_mixer(name, config.d_model, **kwargs)
-        self.mlp = build_mlp(config.mlp, config.d_model, config.d_ff, config.mlp_bias)
+        self.mlp = build_mlp(config.mlp, config.d_model, config.d_ff, config.mlp_bias, config.mlp_multipliers)
         self.norm2 = build_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias) if self.mlp is not None else None
         self.drop = nn.Dropout(config.dropout)
         # tensor parallelism (arch/tensor_parallel.py) sets these: the input hook of a sharded
