@@ -186,11 +186,13 @@ AOT_SPECS = [
             signature={"x_ptr": _P32, "b_ptr": _P32, "c_ptr": _P32, "dt_ptr": _P32, "acum_ptr": _P32, "dy_ptr": _P32,
                        "dstates_ptr": _P32, "dx_ptr": _P32, "gdt_ptr": _P32, "gst_ptr": _P32, **_DIMS, **_BLK,
                        "PREC": "constexpr"},
-            constexprs={"Q": 256, "BM": 64, "BP": 64, "BN": 64, "PREC": "tf32x3"}),
+            constexprs={"Q": 256, "BM": 64, "BP": 64, "BN": 32, "PREC": "tf32x3"},
+            num_warps=8, num_stages=2),
     *[AotSpec(module=__name__, name="_ssd_chunk_dbc_bwd",
               signature={"x_ptr": _P32, "dy_ptr": _P32, "other_ptr": _P32, "dt_ptr": _P32, "acum_ptr": _P32,
                          "st_ptr": _P32, "out_ptr": _P32, **_DIMS, **_BLK, "IS_DB": "constexpr", "PREC": "constexpr"},
-              constexprs={"Q": 256, "BM": 64, "BP": 64, "BN": 64, "IS_DB": is_db, "PREC": "tf32x3"},
+              constexprs={"Q": 256, "BM": 32, "BP": 64, "BN": 32, "IS_DB": is_db, "PREC": "tf32x3"},
+            num_warps=8, num_stages=2,
               label="dB" if is_db else "dC")
       for is_db in (True, False)],
 ]

@@ -33,10 +33,12 @@ from .triton_fwd import _ssd_chunk_cumsum_fwd, _ssd_chunk_out_fwd, _ssd_chunk_st
 __all__ = ["ssd_scan_triton"]
 
 
-# Largest row tile (positions of a chunk) and state tile (N); tests shrink them to run the
+# Largest row tile (positions of a chunk) and state tile (N), chosen so that the sm_90 builds
+# (8 warps, tf32x3 dots) do not spill at the Mamba-2 shape; tests shrink them to run the
 # multi-tile loops on small shapes.
 MAX_BM = 64
-MAX_BN = 64
+MAX_BN = 32
+MAX_BM_DBC = 32
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -57,8 +59,11 @@ class _Plan:
         self.BM = min(self.Q, MAX_BM)
         self.BP = _pow2(self.P)
         self.BN = min(_pow2(self.N), MAX_BN)
+        self.BM_dbc = min(self.BM, MAX_BM_DBC)
         self.BLOCK = min(1024, triton.next_power_of_2(self.P * self.N))
-        self.warps = 4
+        self.warps = 8                                                            # matmul kernels
+        self.scan_warps = 4                                                       # state passing
+        self.stages = 2
 
     def pack(self, t, dtype=None):
         t = self.layout.pack(t if dtype is None else t.to(dtype))
@@ -78,7 +83,8 @@ def _chunk_state(plan, X, Bm, dtq, acum, from_start):
     out = X.new_empty((plan.S, plan.Cs, plan.H, plan.P, plan.N), dtype=plan.cdt)
     grid = (triton.cdiv(plan.P, plan.BP) * triton.cdiv(plan.N, plan.BN), plan.S * plan.Cs, plan.H)
     _ssd_chunk_state[grid](X, Bm, dtq, acum, out, plan.H, plan.G, plan.Lp, plan.P, plan.N, Q=plan.Q, BK=plan.BM,
-                           BP=plan.BP, BN=plan.BN, FROM_START=from_start, PREC=plan.prec, num_warps=plan.warps)
+                           BP=plan.BP, BN=plan.BN, FROM_START=from_start, PREC=plan.prec,
+                           num_warps=plan.warps, num_stages=plan.stages)
     return out
 
 
@@ -91,7 +97,7 @@ def _states(plan, xq, Bq, dtq, acum, init):
     init_c = None if init is None else init.to(plan.cdt).contiguous()
     _ssd_state_pass_fwd[(triton.cdiv(PN, plan.BLOCK), plan.S, plan.H)](
         states, acum, init_c if init_c is not None else states, plan.layout.chunk_seq_bordered(), hin, final,
-        plan.H, plan.Lp, PN, Q=plan.Q, BLOCK=plan.BLOCK, HAS_INIT=init_c is not None, num_warps=plan.warps)
+        plan.H, plan.Lp, PN, Q=plan.Q, BLOCK=plan.BLOCK, HAS_INIT=init_c is not None, num_warps=plan.scan_warps)
     return hin, final
 
 
@@ -107,7 +113,8 @@ def _forward(x, dt, A, B, C, D, z, dt_bias, init, cu_seqlens, chunk_size, dt_sof
     yq = xq.new_empty((plan.S, plan.Lp, plan.H, plan.P), dtype=plan.cdt)
     grid = (triton.cdiv(plan.Q, plan.BM) * triton.cdiv(plan.P, plan.BP), plan.S * plan.Cs, plan.H)
     _ssd_chunk_out_fwd[grid](xq, Bq, Cq, dtq, acum, hin, yq, plan.H, plan.G, plan.Lp, plan.P, plan.N, Q=plan.Q,
-                             BM=plan.BM, BP=plan.BP, BN=plan.BN, PREC=plan.prec, num_warps=plan.warps)
+                             BM=plan.BM, BP=plan.BP, BN=plan.BN, PREC=plan.prec, num_warps=plan.warps,
+                             num_stages=plan.stages)
     y_ssm = plan.layout.unpack(yq)                                                # (b, L, H, P)
     y = y_ssm if D is None else y_ssm + _d_term(D, x, plan.cdt)
     if z is not None:
@@ -150,9 +157,10 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, init, cu_seqlens, y_ssm
     dinit = x.new_empty((lay.n_seqs, H, P, N), dtype=cdt)
     ddecay = x.new_empty((S, Cs, H, nblk), dtype=cdt)
     dfin = None if dfinal is None else dfinal.to(cdt).contiguous()
-    _ssd_state_pass_bwd[(nblk, S, H)](dhout, hin, acum, dfin if dfin is not None else dhout, lay.chunk_seq_bordered(), dstates,
-                                      dinit, ddecay, H, Lp, PN, Q=Q, BLOCK=plan.BLOCK, HAS_DFINAL=dfin is not None,
-                                      num_warps=plan.warps)
+    _ssd_state_pass_bwd[(nblk, S, H)](dhout, hin, acum, dfin if dfin is not None else dhout,
+                                      lay.chunk_seq_bordered(), dstates, dinit, ddecay, H, Lp, PN, Q=Q,
+                                      BLOCK=plan.BLOCK, HAS_DFINAL=dfin is not None,
+                                      num_warps=plan.scan_warps)
 
     # per-chunk gradients
     dxq = torch.empty_like(dyq)
@@ -160,14 +168,15 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, init, cu_seqlens, y_ssm
     gst = torch.empty_like(dtq)                                                   # x_j . (state part) / dt'_j
     nmb = triton.cdiv(Q, plan.BM)
     _ssd_chunk_dx_bwd[(nmb, S * Cs, H)](xq, Bq, Cq, dtq, acum, dyq, dstates, dxq, gdt, gst, H, G, Lp, P, N, Q=Q,
-                                        BM=plan.BM, BP=plan.BP, BN=plan.BN, PREC=plan.prec, num_warps=plan.warps)
+                                        BM=plan.BM, BP=plan.BP, BN=plan.BN, PREC=plan.prec, num_warps=plan.warps,
+                             num_stages=plan.stages)
     dBq = x.new_empty((S, Lp, G, N), dtype=cdt)
     dCq = torch.empty_like(dBq)
-    grid = (nmb * triton.cdiv(N, plan.BN), S * Cs, G)
-    _ssd_chunk_dbc_bwd[grid](xq, dyq, Cq, dtq, acum, dstates, dBq, H, G, Lp, P, N, Q=Q, BM=plan.BM, BP=plan.BP,
-                             BN=plan.BN, IS_DB=True, PREC=plan.prec, num_warps=plan.warps)
-    _ssd_chunk_dbc_bwd[grid](xq, dyq, Bq, dtq, acum, hin, dCq, H, G, Lp, P, N, Q=Q, BM=plan.BM, BP=plan.BP,
-                             BN=plan.BN, IS_DB=False, PREC=plan.prec, num_warps=plan.warps)
+    grid = (triton.cdiv(Q, plan.BM_dbc) * triton.cdiv(N, plan.BN), S * Cs, G)
+    _ssd_chunk_dbc_bwd[grid](xq, dyq, Cq, dtq, acum, dstates, dBq, H, G, Lp, P, N, Q=Q, BM=plan.BM_dbc, BP=plan.BP,
+                             BN=plan.BN, IS_DB=True, PREC=plan.prec, num_warps=plan.warps, num_stages=plan.stages)
+    _ssd_chunk_dbc_bwd[grid](xq, dyq, Bq, dtq, acum, hin, dCq, H, G, Lp, P, N, Q=Q, BM=plan.BM_dbc, BP=plan.BP,
+                             BN=plan.BN, IS_DB=False, PREC=plan.prec, num_warps=plan.warps, num_stages=plan.stages)
 
     # ds -> da -> (ddt', dA), all O(L H) elementwise
     yq = plan.pack(y_ssm)
