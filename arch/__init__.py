@@ -18,6 +18,7 @@ _MIXER_MODULES = [
     "gam",
     "pararnn",
     "falcon_h1",
+    "hymba",
     "presets",
 ]
 for _m in _MIXER_MODULES:

@@ -35,6 +35,8 @@ class ModelConfig:
     max_seq_len positions, GPT-2 / GAM).
     embedding_multiplier / logits_multiplier: muP-style scalars (Falcon-H1), 1 = off.
     mlp_multipliers: [gate, down] muP scalars of the SwiGLU MLP (Falcon-H1), None = off.
+    n_meta_tokens: learnable tokens prepended to every sequence at its start (Hymba), 0 = off;
+    they are part of the state afterwards and get no logits.
     structure: "standard" | "ladder" (ladder_layers: None = all, k = the last k, or a list) |
     "kraken" (kraken_splits sub-stacks). parscale_n: P parallel streams sharing all weights
     (1 = off), each with a learned prefix state of parscale_prefix tokens for attention (a learned
@@ -62,6 +64,7 @@ class ModelConfig:
     embedding_multiplier: float = 1.0
     logits_multiplier: float = 1.0
     mlp_multipliers: list | None = None
+    n_meta_tokens: int = 0
     # structures (arch/structures.py): properties of the model that work with any mixer
     structure: str = "standard"
     ladder_layers: int | list | None = None
@@ -95,6 +98,8 @@ class ModelConfig:
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mm)):
                 raise ValueError(f"ModelConfig.mlp_multipliers must be None or [gate, down] numbers with mlp='swiglu', "
                                  f"got {mm!r} (mlp={self.mlp!r})")
+        if not isinstance(self.n_meta_tokens, int) or isinstance(self.n_meta_tokens, bool) or self.n_meta_tokens < 0:
+            raise ValueError(f"ModelConfig.n_meta_tokens must be an int >= 0, got {self.n_meta_tokens!r}")
         for n in ("kraken_splits", "parscale_n"):
             pos_int(n)
         if not isinstance(self.parscale_prefix, int) or self.parscale_prefix < 0:

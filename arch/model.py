@@ -1,6 +1,8 @@
 """The language model (nanoGPT-style, readable top to bottom):
 
     h_0 = embedding_multiplier * E[tokens] (+ P[positions] when pos_emb="learned")
+    h_0 = concat(M, h_0) at the start of a sequence when n_meta_tokens > 0 (Hymba's learnable
+          meta tokens M (n_meta, d): they enter the state, get no positions and no logits)
     for each layer l:  h = h + Mixer_l(Norm(h));  h = h + MLP_l(Norm(h))     (pre-norm residual)
     logits = logits_multiplier * Head(Norm_f(h))        (Head tied to E unless tie_embeddings=False)
 
@@ -93,6 +95,7 @@ class LanguageModel(nn.Module):
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.pos_embed = nn.Embedding(c.max_seq_len, c.d_model) if c.pos_emb == "learned" else None
+        self.meta_tokens = nn.Parameter(torch.zeros(c.n_meta_tokens, c.d_model)) if c.n_meta_tokens else None
         self.drop = nn.Dropout(c.dropout)
         self.trunk = build_trunk(c, Block)
         self.parscale = ParScale(c, self.trunk.mixers()) if c.parscale_n > 1 else None
@@ -128,6 +131,8 @@ class LanguageModel(nn.Module):
                     nn.init.normal_(p, std=resid)
             if hasattr(blk.mixer, "reset_parameters"):
                 blk.mixer.reset_parameters()
+        if self.meta_tokens is not None:
+            nn.init.normal_(self.meta_tokens, std=std)
         if self.parscale is not None:
             for params in self.parscale.prefix:
                 for p in params.values():
@@ -199,12 +204,16 @@ class LanguageModel(nn.Module):
         pos = self._check_inputs(input_ids, state)
         B = input_ids.shape[0]
         h = self.embed_tokens(input_ids, pos)
+        n_meta = self.meta_tokens.shape[0] if self.meta_tokens is not None and pos == 0 else 0
+        if n_meta:                                       # start of a sequence: prepend the meta tokens
+            h = torch.cat([self.meta_tokens.to(h.dtype).expand(B, -1, -1), h], dim=1)
         if self.parscale is not None:
             h = self.parscale.replicate(h)  # (P B, T, d)
             layer_states = state.layers if state is not None else self.init_state(B, dtype=h.dtype).layers
         else:
             layer_states = state.layers if state is not None else self.trunk.init_state_none()
         h, new_states = self.trunk(h, layer_states)
+        h = h[:, n_meta:]
         new_state = ModelState(layers=new_states, pos=pos + input_ids.shape[1], batch_size=B,
                                fingerprint=self._fingerprint)
         return self.logits(h), new_state

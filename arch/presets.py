@@ -72,3 +72,32 @@ register_preset(ModelConfig(name="mamba2-tiny", vocab_size=256, d_model=64, n_la
 register_preset(ModelConfig(name="mamba2-130m", vocab_size=50280, d_model=768, n_layers=24, mixer="mamba2",
                             mixer_kwargs={"d_state": 128, "headdim": 64}, mlp="none", max_seq_len=2048,
                             tie_embeddings=True))
+
+# ---- hybrid heads (arch/falcon_h1.py, arch/hymba.py) -----------------------------------------
+# Falcon-H1 (TII 2025). Tiny: for tests. "falcon-h1-0.5b": the transformers FalconH1 docs table
+# (H1 0.5B: 36 layers, d 1024, 8 attention heads / 2 KV heads, 24 Mamba heads, head dims 64 / 64,
+# d_state 128, context 4K); d_ssm = 24 * 64 = 1536. Not verified here (no access to the released
+# config.json): vocab 32784, MLP width 2048, rope_theta 1e11, mamba chunk 128, no Mamba RMSNorm,
+# untied head, and the muP multipliers (left at 1: load a real checkpoint with
+# parazoo.arch.convert.from_hf_falcon_h1, which reads them from its config).
+register_preset(ModelConfig(name="falcon-h1-tiny", vocab_size=256, d_model=64, n_layers=2, mixer="falcon_h1",
+                            mixer_kwargs={"n_heads": 4, "n_kv_heads": 2, "d_ssm": 96, "mamba_headdim": 16,
+                                          "mamba_d_state": 16, "mamba_chunk_size": 16, "rope_base": 1e4},
+                            mlp="swiglu", d_ff=160, max_seq_len=1024, tie_embeddings=False))
+register_preset(ModelConfig(name="falcon-h1-0.5b", vocab_size=32784, d_model=1024, n_layers=36, mixer="falcon_h1",
+                            mixer_kwargs={"n_heads": 8, "n_kv_heads": 2, "head_dim": 64, "d_ssm": 1536,
+                                          "mamba_headdim": 64, "mamba_d_state": 128, "mamba_ngroups": 1,
+                                          "mamba_chunk_size": 128, "rope_base": 1e11},
+                            mlp="swiglu", d_ff=2048, max_seq_len=4096, tie_embeddings=False))
+# Hymba (NVIDIA 2024, arXiv 2411.13676). "hymba-1.5b": d 1600, 32 layers, 25 attention heads /
+# 5 KV heads, SSM state 16, expand 2 (d_inner 3200), 128 meta tokens, MLP 5504, vocab 32001
+# (paper Table 1 / the released Hymba-1.5B-Base config as recalled, not verified here). Here
+# every attention layer is global (the paper: sliding window 1024 except 3 global layers, and
+# cross-layer KV sharing, neither implemented) and attention heads span d_inner (head_dim 128).
+register_preset(ModelConfig(name="hymba-tiny", vocab_size=256, d_model=64, n_layers=2, mixer="hymba",
+                            mixer_kwargs={"n_heads": 4, "n_kv_heads": 2}, mlp="swiglu", max_seq_len=1024,
+                            n_meta_tokens=4))
+register_preset(ModelConfig(name="hymba-1.5b", vocab_size=32001, d_model=1600, n_layers=32, mixer="hymba",
+                            mixer_kwargs={"n_heads": 25, "n_kv_heads": 5, "d_state": 16, "expand": 2},
+                            mlp="swiglu", d_ff=5504, norm_eps=1e-6, max_seq_len=8192, tie_embeddings=True,
+                            n_meta_tokens=128))
