@@ -62,7 +62,7 @@ def _decays(H: int, T: int, C: int, device, dt):
     k_dec = torch.where(k_exp >= 0, torch.exp(k_exp.clamp(min=0) * lg), torch.zeros((), dtype=dt, device=device))
     chunk_dec = torch.exp(L * lg)
     diff = j - j.transpose(-1, -2)                                   # n - m, (1, 1, 1, C, C)
-    D = torch.where(diff >= 0, torch.exp(diff.clamp(min=0) * lg), torch.zeros((), dtype=dt, device=device))
+    D = (diff * lg).masked_fill_(diff < 0, float("-inf")).exp_()     # in place: C x C can be T x T
     return q_dec, k_dec, chunk_dec, D
 
 
@@ -95,7 +95,8 @@ def chunk_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
     U = Kc.transpose(-1, -2) @ (Vc * k_dec)                          # (B, H, N, K, V)
     Hs, ht = _scan_chunks(chunk_dec, U, h0, reverse=False)           # (B, H, N, K, V)
     o = (Q * (q_dec * scale)) @ Hs                                   # (B, H, N, C, V)
-    o += ((Q @ Kc.transpose(-1, -2)) * (D * scale)) @ Vc
+    s = (Q @ Kc.transpose(-1, -2)).mul_(D).mul_(scale)               # (B, H, N, C, C)
+    o += s @ Vc
     return _from_chunks(o, T).to(v.dtype), (ht if want_ht else None)
 
 
@@ -112,8 +113,8 @@ def chunk_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
     Hs, _ = _scan_chunks(chunk_dec, Kc.transpose(-1, -2) @ (Vc * k_dec), h0, reverse=False)
     W = (Q * q_dec).transpose(-1, -2) @ dO                           # (B, H, N, K, V)
     dH_next, dh0 = _scan_chunks(chunk_dec, W, dht, reverse=True)     # dH_{i+1} at index i
-    dsD = (dO @ Vc.transpose(-1, -2)) * D                            # (B, H, N, C, C)
-    sD = (Q @ Kc.transpose(-1, -2)) * D                              # (B, H, N, C, C)
+    dsD = (dO @ Vc.transpose(-1, -2)).mul_(D)                        # (B, H, N, C, C)
+    sD = (Q @ Kc.transpose(-1, -2)).mul_(D)                          # (B, H, N, C, C)
     dQ = scale * ((dO @ Hs.transpose(-1, -2)) * q_dec + dsD @ Kc)
     dK = (Vc @ dH_next.transpose(-1, -2)) * k_dec + dsD.transpose(-1, -2) @ Q
     dV = (Kc @ dH_next) * k_dec + sD.transpose(-1, -2) @ dO
