@@ -7,7 +7,8 @@ Decoding: latency of one token step from a state that has seen ``context`` token
 16k). Recurrent mixers prefill their state with one forward over ``context`` tokens; attention gets
 a KV cache of that length filled with random keys/values (decode latency does not depend on the
 values, and an O(context^2) prefill would dominate the benchmark). Each step starts from the same
-state, so the context stays fixed. The mixers' defaults are the papers' (``MIXERS[name](d_model)``).
+state, so the context stays fixed; median and minimum over at least 50 steps (the minimum is the
+steadier figure on a shared, loaded CPU). The mixers' defaults are the papers' (``MIXERS[name](d_model)``).
 
     parazoo bench mixers [--quick] [--mixers mamba,retnet] [--lens 2048,8192] [--contexts 1024,16384]
                          [--d-model 768] [--batch 1] [--device cpu|cuda] [--threads N] [--repeats 3]
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 
 import torch
 
@@ -80,8 +83,16 @@ def measure_decode(p: dict) -> dict:
     with torch.no_grad():
         st = _populate_state(m, p, device)
         x1 = torch.randn(p["batch"], 1, p["d_model"], device=device)
-        s = time_call(lambda: m(x1, st), repeats=p["repeats"], warmup=2, budget_s=p["budget_s"])
-    return {"decode_ms": round(s * 1e3, 3)}
+        for _ in range(5):
+            m(x1, st)
+        times = []
+        for _ in range(max(50, p["repeats"])):  # one step is cheap and a shared CPU is noisy
+            t0 = time.perf_counter()
+            m(x1, st)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return {"decode_ms": round(statistics.median(times) * 1e3, 3), "decode_min_ms": round(min(times) * 1e3, 3)}
 
 
 def main(argv=None) -> int:
@@ -130,13 +141,15 @@ def main(argv=None) -> int:
             for C in contexts:
                 r = run_isolated(here, "measure_decode", dict(common, mixer=name, context=C))
                 row[f"decode_ms@{C}"] = r.get("decode_ms")
+                row[f"decode_min_ms@{C}"] = r.get("decode_min_ms")
                 if "error" in r:
                     row[f"error@{C}"] = r["error"]
                 print(f"  decode {name:<10} ctx={C:<6} " + (r["error"].splitlines()[-1] if "error" in r else
-                      f"{r['decode_ms']:9.3f} ms/token"), flush=True)
-            a, b = row.get(f"decode_ms@{contexts[0]}"), row.get(f"decode_ms@{contexts[-1]}")
-            if a and b:
-                row["growth"] = round(b / a, 2)
+                      f"{r['decode_ms']:9.3f} ms/token (median), {r['decode_min_ms']:9.3f} (min)"), flush=True)
+            for key in ("decode_ms", "decode_min_ms"):
+                a, b = row.get(f"{key}@{contexts[0]}"), row.get(f"{key}@{contexts[-1]}")
+                if a and b:
+                    row[key.replace("decode", "growth")] = round(b / a, 2)
             decode_rows.append(row)
 
     # ratios to attention at the same T (training speed-up goal at the longest T)
@@ -153,8 +166,10 @@ def main(argv=None) -> int:
                                           ("x_attention", "x attention"), ("peak_mb", "peak MB")]))
     if decode_rows:
         print()
-        cols = [("mixer", "mixer")] + [(f"decode_ms@{C}", f"ms/token @ {C}") for C in contexts] + \
-               [("growth", f"{contexts[-1]} / {contexts[0]}")]
+        cols = [("mixer", "mixer")] + [(f"decode_ms@{C}", f"median ms/token @ {C}") for C in contexts] + \
+               [("growth_ms", f"median {contexts[-1]} / {contexts[0]}")] + \
+               [(f"decode_min_ms@{C}", f"min ms/token @ {C}") for C in contexts] + \
+               [("growth_min_ms", f"min {contexts[-1]} / {contexts[0]}")]
         print(markdown_table(decode_rows, cols))
     if args.out:
         with open(args.out, "w") as f:
