@@ -3,7 +3,7 @@
 Per chunk of Q positions (in-chunk index i, j; a_t = dt'_t A; s_i = a_0 + ... + a_i, a cumulative
 sum restarted at every chunk):
 
-    intra:   Y_i  = sum_{j<=i} exp(s_i - s_j) (C_i . B_j) dt'_j x_j          masked matmul (C B^T * L) X
+    intra:   Y_i  = sum_{j<=i} exp(s_i - s_j) (C_i . B_j) dt'_j x_j          masked matmul (C B^T * L) (dt' X)
     states:  S_c  = sum_j exp(s_{Q-1} - s_j) dt'_j x_j B_j^T                 (P, N) per head
     passing: H_{c+1} = exp(s_{Q-1}) H_c + S_c,   H_0 = initial state          sequential over chunks only
     inter:   Y_i += exp(s_i) H_c C_i
@@ -48,10 +48,9 @@ def ssd_chunked(x, dtp, A, B, C, D, z, initial_states, layout: ChunkLayout):
     CB = torch.einsum("scign,scjgn->scgij", Cq, Bq)                         # (S, Cs, G, Q, Q)
     s_t = acum.permute(0, 1, 3, 4, 2)                                       # (S, Cs, G, R, Q)
     causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    seg = (s_t[..., :, None] - s_t[..., None, :]).masked_fill(~causal, float("-inf"))
-    dt_j = dtq.permute(0, 1, 3, 4, 2)[..., None, :]                         # (S, Cs, G, R, 1, Q)
-    M = CB[:, :, :, None] * torch.exp(seg) * dt_j                           # (S, Cs, G, R, Q, Q)
-    y = torch.einsum("scgrij,scjgrp->scigrp", M, xq)                        # (S, Cs, Q, G, R, P)
+    seg = (s_t[..., :, None] - s_t[..., None, :]).masked_fill_(~causal, float("-inf"))
+    M = CB[:, :, :, None] * torch.exp(seg)                                  # (S, Cs, G, R, Q, Q)
+    y = torch.einsum("scgrij,scjgrp->scigrp", M, xq * dtq[..., None])       # (S, Cs, Q, G, R, P); dt_j on x_j
 
     # per-chunk states: B^T X weighted by the decay to the chunk end
     w_end = torch.exp(acum[:, :, -1:] - acum) * dtq                         # (S, Cs, Q, G, R)
