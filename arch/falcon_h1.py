@@ -23,7 +23,9 @@ logits_multiplier).
 Parameter names follow transformers' FalconH1DecoderLayer: ``mamba.*`` (in_proj, conv1d, dt_bias,
 A_log, D, norm, out_proj) and ``self_attn.*`` (q_proj, k_proj, v_proj, o_proj).
 
-State: {"ssm": Mamba2 state {"conv_state", "ssm_state"}, "attn": KV cache {"k", "v", "pos"}}.
+State: one flat dict, the Mamba-2 state {"conv_state", "ssm_state"} and the KV cache {"k", "v", "pos"}
+side by side (flat, so that structures such as ParScale can learn per-stream initial states;
+``learnable_prefix`` gives attention prefix keys/values plus a Mamba-2 initial state).
 """
 from __future__ import annotations
 
@@ -33,7 +35,10 @@ import torch.nn as nn
 from .attention import Attention
 from .mamba2 import Mamba2
 from .registry import register_mixer
-from .state import check_mixer_input, check_state
+from .state import check_mixer_input, check_state, sub_state
+
+_SSM_KEYS = ("conv_state", "ssm_state")   # the Mamba branch's state entries
+_ATTN_KEYS = ("k", "v", "pos")             # the attention branch's KV cache
 
 __all__ = ["FalconH1", "SegmentScaledLinear"]
 
@@ -92,17 +97,21 @@ class FalconH1(nn.Module):
         self.mamba.reset_parameters()
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
-        return {"ssm": self.mamba.init_state(batch_size, device=device, dtype=dtype),
-                "attn": self.self_attn.init_state(batch_size, device=device, dtype=dtype)}
+        return {**self.mamba.init_state(batch_size, device=device, dtype=dtype),
+                **self.self_attn.init_state(batch_size, device=device, dtype=dtype)}
+
+    def learnable_prefix(self, n_streams: int, n_prefix: int) -> dict:
+        """Template of a learned initial state (ParScale): attention prefix keys/values + an SSM state."""
+        return {**self.mamba.init_state(n_streams, dtype=torch.float32), **self.self_attn.learnable_prefix(n_streams, n_prefix)}
 
     def forward(self, x: torch.Tensor, state: dict | None = None):
         """x (B, T, d_model) -> y (B, T, d_model), new state."""
         check_mixer_input("FalconH1", x, self.d_model)
         if state is not None:
-            check_state(state, batch_size=x.shape[0], keys=("ssm", "attn"), owner="FalconH1")
+            check_state(state, batch_size=x.shape[0], keys=_SSM_KEYS + _ATTN_KEYS, owner="FalconH1")
         ssm_in = x * self.ssm_in_multiplier if self.ssm_in_multiplier != 1.0 else x
         attn_in = x * self.attention_in_multiplier if self.attention_in_multiplier != 1.0 else x
-        m, ssm_state = self.mamba(ssm_in, None if state is None else state["ssm"])
-        a, attn_state = self.self_attn(attn_in, None if state is None else state["attn"])
+        m, ssm_state = self.mamba(ssm_in, sub_state(state, _SSM_KEYS))
+        a, attn_state = self.self_attn(attn_in, sub_state(state, _ATTN_KEYS))
         y = m * self.ssm_out_multiplier + a * self.attention_out_multiplier
-        return y, {"ssm": ssm_state, "attn": attn_state}
+        return y, {**ssm_state, **attn_state}

@@ -21,7 +21,8 @@ in most layers (global in the first, middle and last) and shares KV caches betwe
 layers; neither is implemented (a window would only shrink the KV cache, not change the
 contract).
 
-State: {"attn": KV cache {"k", "v", "pos"}, "ssm": Mamba state {"conv_state", "ssm_state"}}.
+State: one flat dict, the KV cache {"k", "v", "pos"} and the Mamba state {"conv_state", "ssm_state"}
+side by side (flat, so that structures such as ParScale can learn per-stream initial states).
 """
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ from .attention import Attention
 from .mamba import Mamba
 from .norms import RMSNorm
 from .registry import register_mixer
-from .state import check_mixer_input, check_state
+from .state import check_mixer_input, check_state, sub_state
+
+_SSM_KEYS = ("conv_state", "ssm_state")   # the Mamba branch's state entries
+_ATTN_KEYS = ("k", "v", "pos")             # the attention branch's KV cache
 
 __all__ = ["Hymba"]
 
@@ -61,15 +65,19 @@ class Hymba(nn.Module):
         self.ssm.reset_parameters()
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
-        return {"attn": self.attn.init_state(batch_size, device=device, dtype=dtype),
-                "ssm": self.ssm.init_state(batch_size, device=device, dtype=dtype)}
+        return {**self.ssm.init_state(batch_size, device=device, dtype=dtype),
+                **self.attn.init_state(batch_size, device=device, dtype=dtype)}
+
+    def learnable_prefix(self, n_streams: int, n_prefix: int) -> dict:
+        """Template of a learned initial state (ParScale): attention prefix keys/values + an SSM state."""
+        return {**self.ssm.init_state(n_streams, dtype=torch.float32), **self.attn.learnable_prefix(n_streams, n_prefix)}
 
     def forward(self, x: torch.Tensor, state: dict | None = None):
         """x (B, T, d_model) -> y (B, T, d_model), new state."""
         check_mixer_input("Hymba", x, self.d_model)
         if state is not None:
-            check_state(state, batch_size=x.shape[0], keys=("attn", "ssm"), owner="Hymba")
-        a, attn_state = self.attn(x, None if state is None else state["attn"])   # (B, T, d_inner)
-        s, ssm_state = self.ssm(x, None if state is None else state["ssm"])      # (B, T, d_inner)
+            check_state(state, batch_size=x.shape[0], keys=_SSM_KEYS + _ATTN_KEYS, owner="Hymba")
+        a, attn_state = self.attn(x, sub_state(state, _ATTN_KEYS))   # (B, T, d_inner)
+        s, ssm_state = self.ssm(x, sub_state(state, _SSM_KEYS))      # (B, T, d_inner)
         y = self.out_proj((self.norm_attn(a) + self.norm_ssm(s)) * 0.5)
-        return y, {"attn": attn_state, "ssm": ssm_state}
+        return y, {**ssm_state, **attn_state}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_state", "state_batch_size", "map_state", "check_mixer_input", "state_dtype"]
+__all__ = ["check_state", "state_batch_size", "map_state", "check_mixer_input", "state_dtype", "sub_state"]
 
 
 def state_batch_size(state) -> int | None:
@@ -69,3 +69,8 @@ def check_mixer_input(owner: str, x, d_model: int) -> None:
 def state_dtype(dtype: torch.dtype | None) -> torch.dtype:
     """dtype of a recurrent (scan) state: float32, or float64 when the model runs in float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sub_state(state: dict | None, keys) -> dict | None:
+    """The entries ``keys`` of a flat state dict (a hybrid mixer's branch state), None for None."""
+    return None if state is None else {k: state[k] for k in keys}

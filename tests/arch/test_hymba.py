@@ -76,7 +76,7 @@ def test_meta_tokens_logits_and_continuation():
     ids = ids_in()
     logits, state = m(ids)
     assert logits.shape == (2, 8, 61) and state.pos == 8
-    kv = state.layers[0]["attn"]["k"]
+    kv = state.layers[0]["k"]
     assert kv.shape[2] == 3 + 8, "the meta tokens are part of the state (KV cache)"
     la, s = m(ids[:, :5])
     lb, _ = m(ids[:, 5:], s)
@@ -94,10 +94,10 @@ def test_meta_tokens_logits_and_continuation():
 
 def test_meta_tokens_generation_equals_full_forward():
     m = tiny_model()
-    ids = ids_in(B=1, T=5)
-    out = m.generate(ids, 6, temperature=0)
+    ids = ids_in(B=1, T=4)
+    out = m.generate(ids, 4, temperature=0)
     seq = ids
-    for _ in range(6):  # greedy by full forwards (meta tokens prepended every time)
+    for _ in range(4):  # greedy by full forwards (meta tokens prepended every time)
         nxt = m(seq)[0][:, -1].argmax(-1, keepdim=True)
         seq = torch.cat([seq, nxt], 1)
     assert torch.equal(out, seq)
