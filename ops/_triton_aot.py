@@ -12,6 +12,7 @@ Compilation must see real ``JITFunction`` objects, so it runs in a subprocess wi
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib
 import json
@@ -108,17 +109,26 @@ print("@@AOT@@" + json.dumps(out))
 """
 
 
-def compile_specs(specs: list[AotSpec], caps=(80, 90), timeout: float = 1800) -> list[dict[str, Any]]:
-    """Compile ``specs`` for each compute capability in a clean subprocess.
+def compile_specs(specs: list[AotSpec], caps=(80, 90), timeout: float = 1800,
+                  workers: int | None = None) -> list[dict[str, Any]]:
+    """Compile ``specs`` for each compute capability in clean subprocesses (``workers`` of them in
+    parallel, default one per CPU core, at most 4).
 
     Returns one record per (spec, cap): ok, error, registers, spill_stores, spill_loads, shared.
     """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    payload = json.dumps([[dict(dataclasses.asdict(s), id=s.id) for s in specs], list(caps)])
-    r = subprocess.run([sys.executable, "-c", _WORKER], input=payload, capture_output=True, text=True,
-                       env=env, timeout=timeout)
-    m = re.search(r"@@AOT@@(.*)$", r.stdout, re.S)
-    if r.returncode != 0 or not m:
-        raise RuntimeError(f"AOT compile worker failed (rc={r.returncode}):\n{r.stderr[-4000:]}")
-    return json.loads(m.group(1))
+    workers = max(1, min(workers or min(4, os.cpu_count() or 1), len(specs)))
+    groups = [specs[i::workers] for i in range(workers)]
+
+    def run(group):
+        payload = json.dumps([[dict(dataclasses.asdict(s), id=s.id) for s in group], list(caps)])
+        r = subprocess.run([sys.executable, "-c", _WORKER], input=payload, capture_output=True, text=True,
+                           env=env, timeout=timeout)
+        m = re.search(r"@@AOT@@(.*)$", r.stdout, re.S)
+        if r.returncode != 0 or not m:
+            raise RuntimeError(f"AOT compile worker failed (rc={r.returncode}):\n{r.stderr[-4000:]}")
+        return json.loads(m.group(1))
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return [rec for recs in pool.map(run, groups) for rec in recs]
