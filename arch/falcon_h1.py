@@ -57,12 +57,14 @@ class SegmentScaledLinear(nn.Linear):
             self.weight.copy_(linear.weight)
             if linear.bias is not None:
                 self.bias.copy_(linear.bias)
-        scale = torch.cat([torch.full((w,), float(m)) for w, m in zip(widths, multipliers)])
+        # built in float64 so that .double() models keep the exact multipliers (.float() rounds once)
+        scale = torch.cat([torch.full((w,), float(m), dtype=torch.float64) for w, m in zip(widths, multipliers)])
         self.register_buffer("scale", scale, persistent=False)
         self.multipliers = [float(m) for m in multipliers]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * self.scale.to(x.dtype)
+        y = super().forward(x)
+        return y * self.scale.to(y.dtype)
 
 
 @register_mixer("falcon_h1")
