@@ -4,7 +4,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["to_acc"]
+__all__ = ["to_acc", "combine_affine"]
 
 
 @triton.jit
@@ -15,3 +15,10 @@ def to_acc(v, IS_F64: tl.constexpr):
     else:
         out = v.to(tl.float32)
     return out
+
+
+@triton.jit
+def combine_affine(a1, b1, a2, b2):
+    """Associative combine of affine maps for h_t = a_t h_{t-1} + b_t scans: (a1, b1) earlier,
+    (a2, b2) later compose to h -> a2 (a1 h + b1) + b2."""
+    return a1 * a2, a2 * b1 + b2

@@ -21,24 +21,11 @@ import triton.language as tl
 
 from .._backend import triton_interpret
 from .._triton_aot import AotSpec
+from .._triton_common import combine_affine as _combine
+from .._triton_common import to_acc as to_state
 from .reference import state_dtype
 
 __all__ = ["linear_scan_fwd", "linear_scan_bwd", "AOT_SPECS"]
-
-
-@triton.jit
-def to_state(v, IS_F64: tl.constexpr):
-    if IS_F64:
-        out = v.to(tl.float64)
-    else:
-        out = v.to(tl.float32)
-    return out
-
-
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    """(a1, b1) earlier, (a2, b2) later: h -> a2 (a1 h + b1) + b2."""
-    return a1 * a2, a2 * b1 + b2
 
 
 @triton.jit

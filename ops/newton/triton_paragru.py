@@ -23,7 +23,7 @@ import triton.language as tl
 
 from .._backend import triton_interpret
 from .._triton_aot import AotSpec
-from ..linear_scan.triton_scan import _combine
+from .._triton_common import combine_affine as _combine
 
 __all__ = ["paragru_newton_triton", "launch_newton_kernel", "AOT_SPECS"]
 

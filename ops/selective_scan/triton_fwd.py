@@ -19,21 +19,8 @@ import triton
 import triton.language as tl
 
 from .._triton_aot import AotSpec
-
-
-@triton.jit
-def _acc(v, IS_F64: tl.constexpr):
-    if IS_F64:
-        out = v.to(tl.float64)
-    else:
-        out = v.to(tl.float32)
-    return out
-
-
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    # apply h -> a1 h + b1, then h -> a2 h + b2
-    return a1 * a2, a2 * b1 + b2
+from .._triton_common import combine_affine as _combine
+from .._triton_common import to_acc as _acc
 
 
 @triton.jit
