@@ -22,7 +22,7 @@ RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if not set(p.relative_to
 
 def test_there_are_recipes():
     names = {p.relative_to(RECIPES_DIR).as_posix() for p in RECIPES}
-    assert {"debug.yaml", "mqar/attention.yaml", "tinyshakespeare/attention.yaml"} <= names
+    assert {"debug.yaml", "mqar/attention.yaml", "shakespeare/attention.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.relative_to(RECIPES_DIR).as_posix() for p in RECIPES])
