@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TOLERANCES", "assert_close", "rel_rms_error"]
+__all__ = ["TOLERANCES", "assert_close", "assert_grads_match", "rel_rms_error", "run_in_chunks"]
 
 # (rtol, atol) for comparing a fast path with a float64/float32 reference computed on the same
 # inputs. float32 matches mamba_ssm's tests of its kernels vs the sequential reference.
@@ -43,3 +43,33 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
         raise AssertionError(f"{name}: result has NaN where the reference has none")
     torch.testing.assert_close(actual.detach().double(), expected.detach().double(), rtol=rtol, atol=atol,
                                msg=lambda m: f"{name} ({dtype}): {m}")
+
+
+def run_in_chunks(module, x: torch.Tensor, splits) -> tuple[torch.Tensor, object]:
+    """Run a stateful module (``forward(x, state) -> (y, state)``) over x (B, T, ...) in chunks
+    of the given lengths along time, carrying the state; returns the concatenated y and the
+    final state (to compare with one full forward)."""
+    if sum(splits) != x.shape[1]:
+        raise ValueError(f"run_in_chunks: splits {list(splits)} do not add up to T={x.shape[1]}")
+    state, outs, t = None, [], 0
+    for n in splits:
+        y, state = module(x[:, t:t + n], state)
+        outs.append(y)
+        t += n
+    return torch.cat(outs, 1), state
+
+
+def assert_grads_match(module, reference_fn, state_dict: dict, x: torch.Tensor) -> None:
+    """Gradients of a module equal those of ``reference_fn(params, x)`` written from the equations:
+    both are differentiated against one random cotangent; compares d input and every parameter
+    (``state_dict`` holds the reference's copies of the module's parameters, same names)."""
+    x1 = x.detach().clone().requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    y1 = module(x1)[0]
+    g = torch.randn(y1.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
+    (y1 * g).sum().backward()
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in state_dict.items()}
+    (reference_fn(params, x2) * g).sum().backward()
+    assert_close(x1.grad, x2.grad, name="d input")
+    for n, p in module.named_parameters():
+        assert_close(p.grad, params[n].grad, name=f"d {n}")

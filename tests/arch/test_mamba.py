@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from parazoo.arch import MIXERS, LanguageModel, ModelConfig
-from parazoo.ops.testing import assert_close
+from parazoo.ops.testing import assert_close, assert_grads_match, run_in_chunks
 
 # mamba_ssm.modules.mamba_simple.Mamba(d_model=64) (d_state 16, d_conv 4, expand 2, dt_rank 4),
 # names and shapes written down from the upstream module definition.
@@ -85,16 +85,8 @@ def test_upstream_state_dict_loads_and_matches_equations():
 
 
 def test_gradients_match_equations():
-    m = loaded()
-    u = torch.randn(2, 9, 64, dtype=torch.float64, requires_grad=True)
-    gy = torch.randn(2, 9, 64, dtype=torch.float64)
-    (m(u)[0] * gy).sum().backward()
-    sd = {k: v.clone().requires_grad_(True) for k, v in upstream_like_state_dict().items()}
-    u2 = u.detach().clone().requires_grad_(True)
-    (mamba_from_equations(sd, u2) * gy).sum().backward()
-    assert_close(u.grad, u2.grad, name="d input")
-    for n, p in m.named_parameters():
-        assert_close(p.grad, sd[n].grad, name=f"d {n}")
+    u = torch.randn(2, 9, 64, dtype=torch.float64)
+    assert_grads_match(loaded(), mamba_from_equations, upstream_like_state_dict(), u)
 
 
 @pytest.mark.parametrize("splits", [[1] * 10, [3, 1, 6], [4, 6]])
@@ -102,12 +94,8 @@ def test_decoding_and_chunks_equal_full_forward(splits):
     m = loaded()
     u = torch.randn(2, 10, 64, dtype=torch.float64)
     y, s_full = m(u)
-    s, outs, t = None, [], 0
-    for n in splits:
-        yt, s = m(u[:, t:t + n], s)
-        outs.append(yt)
-        t += n
-    assert_close(torch.cat(outs, 1), y, name=f"chunks {splits}")
+    yc, s = run_in_chunks(m, u, splits)
+    assert_close(yc, y, name=f"chunks {splits}")
     assert_close(s["ssm_state"], s_full["ssm_state"], name="ssm_state")
     assert_close(s["conv_state"], s_full["conv_state"], name="conv_state")
     assert_close(s_full["conv_state"], (u @ m.in_proj.weight.T)[:, -4:, :128].transpose(1, 2), name="conv_state = last inputs")
