@@ -134,11 +134,18 @@ def test_default_corpus_is_deterministic_python_source():
 
 
 def test_hf_dataset_built_locally(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets  # a dev dependency: the test must run (and can fail) in CI, never skip
     lines = [f"line {i}: to be or not to be" for i in range(200)]
     datasets.Dataset.from_dict({"text": lines}).save_to_disk(str(tmp_path / "ds"))
     d = TextData(hf_dataset=str(tmp_path / "ds"), seq_len=16)
     assert d.read_bytes() == ("\n".join(lines) + "\n").encode()
+    # a DatasetDict picks hf_split; a missing text column is a clear error naming it
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": lines[:5]}),
+                          "test": datasets.Dataset.from_dict({"body": lines[5:7]})}).save_to_disk(str(tmp_path / "dd"))
+    d = TextData(hf_dataset=str(tmp_path / "dd"), hf_split="test", hf_text_field="body", seq_len=4)
+    assert d.read_bytes() == ("\n".join(lines[5:7]) + "\n").encode()
+    with pytest.raises(ValueError, match="no column 'text'"):
+        TextData(hf_dataset=str(tmp_path / "dd"), seq_len=4).read_bytes()
 
 
 def test_resumable_loader_continues_mid_epoch():
