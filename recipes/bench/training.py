@@ -122,4 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                                 ("mean", "tokens/s (mean, best run)"), ("all", "median tokens/s, each run")]))
     bare, light = best["bare PyTorch loop"][key], best["parazoo train (Lightning)"][key]
     print(f"Lightning overhead: {100 * (1 - light / bare):+.1f}% tokens/s (goal: within 5%)")
+    fpt = best["parazoo train (Lightning)"].get("flops_per_token")
+    if fpt:
+        print(f"FLOPs per token (matmul-type, counted on the first step): {fpt:,.0f}; "
+              f"achieved {fpt * light / 1e9:.2f} GFLOP/s at the Lightning run's median step")
     return 0

@@ -39,8 +39,16 @@ def test_text_run_logs_bpb_samples_throughput_and_solver_stats(tmp_path):
     assert tr["train/tokens"] == 3 * 4 * 32
     assert solver.last["solver/newton_iters_max"] == 5 and solver.last["solver/newton_iters_mean"] == 4
     assert solver.last["solver/residual_max"] == pytest.approx(1e-4)
-    s = thr.summary()
-    assert s["steps"] == 3 and s["tokens_per_s"] > 0 and abs(s["tokens_per_s"] / s["samples_per_s"] - 32) < 1e-9
+    s = thr.summary()  # the first step ran under the FLOP counter and is not timed
+    assert s["steps"] == 2 and s["tokens_per_s"] > 0 and abs(s["tokens_per_s"] / s["samples_per_s"] - 32) < 1e-9
+    # matmul FLOPs per token, by hand: 6 per weight of every Linear and of the tied head (forward 2,
+    # backward 4), plus attention 4 T d per layer forward (Q K^T, P V) and twice that backward
+    model, T = module.model, 32
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    weights += model.embed.weight.numel() if model.head is None else 0
+    expected = 6 * weights + 12 * T * model.config.d_model * model.config.n_layers
+    assert thr.flops_per_token == expected and s["flops_per_token"] == expected
+    assert thr.last["perf/tflops"] == pytest.approx(expected * thr.last["perf/tokens_per_s"] / 1e12)
     assert thr.last["perf/peak_mem_mb"] > 10 and thr.last["perf/tokens_per_s"] > 0
     assert len(samples.samples) == 1 and samples.samples[0][1].startswith("the ")
     assert (tmp_path / "text" / "version_0" / "samples.txt").read_text().startswith("===== step 3")
