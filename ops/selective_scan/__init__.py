@@ -1,12 +1,13 @@
 """Mamba-1 selective scan (Gu & Dao 2023) with mamba_ssm's ``selective_scan_fn`` semantics and layouts.
 
     delta'_t = softplus(delta_t + delta_bias) if delta_softplus else delta_t + delta_bias
-    h_t = exp(delta'_t * A) * h_{t-1} + delta'_t * B_t * u_t          (h_{-1} = 0, per channel, h in R^N)
+    h_t = exp(delta'_t * A) * h_{t-1} + delta'_t * B_t * u_t          (h_{-1} = initial_state or 0, h in R^N)
     y_t = C_t . h_t + D * u_t ;   y = y * silu(z) if z is given
 
 u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (batch, N, L) or (batch, G, N, L), channel d
 reading group d // (dim // G); D, delta_bias: (dim,). ``cu_seqlens`` (batch 1, [0, l1, ..., L])
-resets the state at every packed-sequence boundary. ``selective_state_update`` is one decode step
+resets the state at every packed-sequence boundary. ``initial_state`` (batch, dim, N) continues a
+scan from a state (parazoo's extension; not together with cu_seqlens). ``selective_state_update`` is one decode step
 of the same recurrence on a state (batch, dim, N), updated in place.
 
 Paths (``backend=``): ``reference.py`` (sequential loop, autograd), ``cpu.py`` (fused C loops via
@@ -14,7 +15,7 @@ Paths (``backend=``): ``reference.py`` (sequential loop, autograd), ``cpu.py`` (
 ``triton_bwd.py`` (Triton kernels, launched by ``triton_scan.py``; ``triton_update.py`` for the
 decode step). The fast paths are the ``torch.library`` custom ops
 ``parazoo::selective_scan`` / ``parazoo::selective_scan_bwd`` with autograd registered, so
-gradients reach u, delta, A, B, C, D, z, delta_bias (and flow back from last_state), also under
+gradients reach u, delta, A, B, C, D, z, delta_bias, initial_state (and flow back from last_state), also under
 torch.compile. State and accumulation are float32 (float64 for float64 inputs); y has u's dtype.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from .._backend import resolve_backend
 from ._checks import check_scan_args, check_update_args
+from ._pointwise import compute_dtype
 from .reference import selective_scan_reference, selective_state_update_reference
 from .state_update import state_update_step
 
@@ -47,20 +49,20 @@ def _empty_if_none(t, like):
 @torch.library.custom_op("parazoo::selective_scan", mutates_args=())
 def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
              D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-             cu_seqlens: Optional[torch.Tensor], delta_softplus: bool, need_ckpt: bool,
+             h0: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], delta_softplus: bool, need_ckpt: bool,
              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    y, last, ckpt = _impl(backend).selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+    y, last, ckpt = _impl(backend).selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus,
                                                       cu_seqlens, need_ckpt)
     return y.to(u.dtype), last, ckpt
 
 
 @_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, delta_softplus, need_ckpt, backend):
+def _(u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, delta_softplus, need_ckpt, backend):
     from .cpu import compute_dtype
     batch, dim, L = u.shape
     N = A.shape[1]
     nseq = 1 if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    dt = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    dt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, h0)
     chunk = _impl(backend).ckpt_chunk(u)
     ckpt = u.new_empty((batch, dim, -(-L // chunk), N) if need_ckpt else (0,), dtype=dt)
     return torch.empty_like(u), u.new_empty(batch * nseq, dim, N, dtype=dt), ckpt
@@ -69,33 +71,35 @@ def _(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, delta_softplus, need_ckpt
 @torch.library.custom_op("parazoo::selective_scan_bwd", mutates_args=())
 def _scan_bwd_op(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, delta: torch.Tensor,
                  A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
-                 z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
-                 delta_softplus: bool, ckpt: torch.Tensor, backend: str) -> list[torch.Tensor]:
-    grads = _impl(backend).selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                 z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], h0: Optional[torch.Tensor],
+                 cu_seqlens: Optional[torch.Tensor], delta_softplus: bool, ckpt: torch.Tensor,
+                 backend: str) -> list[torch.Tensor]:
+    grads = _impl(backend).selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus,
                                               cu_seqlens, ckpt)
-    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    inputs = (u, delta, A, B, C, D, z, delta_bias, h0)
     # custom ops return tensors only: an absent input's gradient is an empty placeholder
     return [g.to(x.dtype) if x is not None else u.new_empty(0) for g, x in zip(grads, inputs)]
 
 
 @_scan_bwd_op.register_fake
-def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, delta_softplus, ckpt, backend):
-    return [torch.empty_like(x) if x is not None else u.new_empty(0) for x in (u, delta, A, B, C, D, z, delta_bias)]
+def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, delta_softplus, ckpt, backend):
+    return [torch.empty_like(x) if x is not None else u.new_empty(0)
+            for x in (u, delta, A, B, C, D, z, delta_bias, h0)]
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, cu_seqlens, delta_softplus, need_ckpt, backend = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, output[2])
+    u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, delta_softplus, need_ckpt, backend = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, output[2])
     ctx.delta_softplus, ctx.backend = delta_softplus, backend
 
 
 def _backward(ctx, dy, dlast, _dckpt):
-    u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt = ctx.saved_tensors
+    u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, ckpt = ctx.saved_tensors
     if ckpt.numel() == 0 and u.numel() > 0:
         raise RuntimeError("selective_scan: backward needs the forward's checkpoints; internal error")
-    grads = _scan_bwd_op(dy.contiguous(), dlast, u, delta, A, B, C, D, z, delta_bias, cu_seqlens,
+    grads = _scan_bwd_op(dy.contiguous(), dlast, u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens,
                          ctx.delta_softplus, ckpt, ctx.backend)
-    present = (u, delta, A, B, C, D, z, delta_bias)
+    present = (u, delta, A, B, C, D, z, delta_bias, h0)
     return (*[g if x is not None else None for g, x in zip(grads, present)], None, None, None, None)
 
 
@@ -103,29 +107,36 @@ _scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, cu_seqlens=None, backend="auto"):
+                   return_last_state=False, cu_seqlens=None, backend="auto", *, initial_state=None):
     """Selective scan with mamba_ssm's ``selective_scan_fn`` signature (real A only).
 
     u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L) or (batch, G, N, L); D,
     delta_bias: (dim,); cu_seqlens: int tensor [0, l1, l1+l2, ..., L] for packed sequences
-    (batch 1). Returns y (batch, dim, L) in u's dtype, and with ``return_last_state`` also the
-    final state (batch, dim, N) (or (n_seqs, dim, N) with cu_seqlens) in float32 (float64 for
-    float64 inputs).
+    (batch 1). ``initial_state`` (batch, dim, N), keyword only: the state h_{-1} the scan continues
+    from (zeros when None); differentiable; rejected together with cu_seqlens. Returns y
+    (batch, dim, L) in u's dtype, and with ``return_last_state`` also the final state (batch, dim, N)
+    (or (n_seqs, dim, N) with cu_seqlens) in float32 (float64 for float64 inputs).
     """
-    check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens)
-    backend = resolve_backend(backend, u, delta, A, B, C, D, z, delta_bias, op="selective_scan")
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens,
+                    initial_state=initial_state)
+    backend = resolve_backend(backend, u, delta, A, B, C, D, z, delta_bias, initial_state, op="selective_scan")
     if backend == "reference":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                        cu_seqlens)
+                                        cu_seqlens, initial_state=initial_state)
+    if initial_state is not None and u.shape[2] == 0:         # no step: y is empty, the last state is h_{-1}
+        y = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, False)
+        return (y, initial_state.to(compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state))
+                ) if return_last_state else y
     B4 = B if B.dim() == 4 else B.unsqueeze(1)                # (batch, G, N, L)
     C4 = C if C.dim() == 4 else C.unsqueeze(1)
-    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     need_ckpt = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(u.device)
     y, last, _ = _scan_op(u.contiguous(), delta.contiguous(), A.contiguous(), B4.contiguous(), C4.contiguous(),
                           None if D is None else D.contiguous(), None if z is None else z.contiguous(),
-                          None if delta_bias is None else delta_bias.contiguous(), cu_seqlens,
+                          None if delta_bias is None else delta_bias.contiguous(),
+                          None if initial_state is None else initial_state.contiguous(), cu_seqlens,
                           bool(delta_softplus), need_ckpt, backend)
     return (y, last) if return_last_state else y
 

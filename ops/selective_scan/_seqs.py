@@ -5,7 +5,7 @@ flash-attn convention [0, l1, l1+l2, ..., L]) the packed row holds n_seqs sequen
 is reset to 0 at every sequence start and the last state of sequence i is h at cu[i+1] - 1
 (zeros for an empty sequence).
 
-    reset  (L,) int32: 1 where t starts a sequence (t = 0 always), else 0
+    reset  (L,) int32: 1 where t starts a sequence (t = 0 unless an initial state is given), else 0
     end_id (L,) int32: i where t = cu[i+1] - 1 ends non-empty sequence i, else -1
 """
 from __future__ import annotations
@@ -15,13 +15,15 @@ import torch
 __all__ = ["seq_meta"]
 
 
-def seq_meta(cu_seqlens: torch.Tensor | None, L: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(reset, end_id, n_seqs) on ``device`` for a length-L (packed) row."""
+def seq_meta(cu_seqlens: torch.Tensor | None, L: int, device, has_initial_state: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(reset, end_id, n_seqs) on ``device`` for a length-L (packed) row. With an initial state
+    (never together with cu_seqlens) t = 0 is no reset: the state entering it is h_{-1} = initial_state."""
     reset = torch.zeros(L, dtype=torch.int32)
     end_id = torch.full((L,), -1, dtype=torch.int32)
     if cu_seqlens is None:
         if L:
-            reset[0] = 1
+            reset[0] = 0 if has_initial_state else 1
             end_id[L - 1] = 0
         n_seqs = 1
     else:

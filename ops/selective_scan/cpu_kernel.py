@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from .._cpu_jit import CKernel, I64, PTR
 
-__all__ = ["LIB", "CHUNK"]
+__all__ = ["LIB", "CHUNK", "COMMON_SOURCE"]
 
 CHUNK = 64  # checkpoint spacing K (time steps)
 
@@ -74,21 +74,7 @@ static inline float ss_log1p01_f32(float e) {
 }
 """
 
-_TEMPLATE = r"""
-/* sum of p[0..N): a halving tree for N = 16 (vector adds; an omp-simd reduction would end in
-   16 dependent scalar adds per time step), a plain loop otherwise. p is scratch. */
-static inline __attribute__((always_inline)) SCALAR ss_hsum_SFX(SCALAR* p, const int64_t N)
-{
-    if (N == 16) {
-        for (int n = 0; n < 8; n++) p[n] += p[n + 8];
-        for (int n = 0; n < 4; n++) p[n] += p[n + 4];
-        return (p[0] + p[2]) + (p[1] + p[3]);
-    }
-    SCALAR s = 0;
-    for (int64_t n = 0; n < N; n++) s += p[n];
-    return s;
-}
-
+_PREP_TEMPLATE = r"""
 /* per-row pointwise pre-pass (vectorised): dl = softplus(delta + bias) or delta + bias,
    sg = d dl / d delta (sigmoid(delta + bias) or 1); gate = silu(z), sz = sigmoid(z) */
 static inline void ss_prep_delta_SFX(const SCALAR* dr, SCALAR bias, int64_t softplus, SCALAR* dl, SCALAR* sg, int64_t L)
@@ -118,6 +104,23 @@ static inline void ss_prep_gate_SFX(const SCALAR* zr, SCALAR* gate, SCALAR* sz, 
         if (sz) sz[t] = s;
     }
 }
+"""
+
+_TEMPLATE = r"""
+/* sum of p[0..N): a halving tree for N = 16 (vector adds; an omp-simd reduction would end in
+   16 dependent scalar adds per time step), a plain loop otherwise. p is scratch. */
+static inline __attribute__((always_inline)) SCALAR ss_hsum_SFX(SCALAR* p, const int64_t N)
+{
+    if (N == 16) {
+        for (int n = 0; n < 8; n++) p[n] += p[n + 8];
+        for (int n = 0; n < 4; n++) p[n] += p[n + 4];
+        return (p[0] + p[2]) + (p[1] + p[3]);
+    }
+    SCALAR s = 0;
+    for (int64_t n = 0; n < N; n++) s += p[n];
+    return s;
+}
+
 
 /* one row (b, d) of the forward; N is a compile-time constant where the caller passes a literal.
    Per chunk of K steps: first all decays a = exp(dl A) (independent, vectorised: throughput-bound),
@@ -125,10 +128,11 @@ static inline void ss_prep_gate_SFX(const SCALAR* zr, SCALAR* gate, SCALAR* sz, 
 static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
         const SCALAR* ur, const SCALAR* dlr, const SCALAR* Ar, const SCALAR* Bb, const SCALAR* Cb,
         const SCALAR Dd, const SCALAR* gr, const int32_t* reset, const int32_t* end_id, SCALAR* yr,
-        SCALAR* last_row, SCALAR* ck_row, SCALAR* abuf, int64_t L, const int64_t N, int64_t K, int64_t last_stride)
+        SCALAR* last_row, SCALAR* ck_row, SCALAR* abuf, const SCALAR* h0_row,
+        int64_t L, const int64_t N, int64_t K, int64_t last_stride)
 {
     SCALAR h[N];
-    for (int64_t n = 0; n < N; n++) h[n] = 0;
+    for (int64_t n = 0; n < N; n++) h[n] = h0_row ? h0_row[n] : 0;
     for (int64_t t0 = 0, c = 0; t0 < L; t0 += K, c++) {
         const int64_t nt = (t0 + K < L) ? K : L - t0;
         if (ck_row) for (int64_t n = 0; n < N; n++) ck_row[c * N + n] = h[n];
@@ -161,8 +165,8 @@ static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
 }
 
 void ss_fwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
-                const SCALAR* Dv, const SCALAR* z, const SCALAR* dbias, const int32_t* reset, const int32_t* end_id,
-                SCALAR* y, SCALAR* last, SCALAR* ckpt,
+                const SCALAR* Dv, const SCALAR* z, const SCALAR* dbias, const SCALAR* h0,
+                const int32_t* reset, const int32_t* end_id, SCALAR* y, SCALAR* last, SCALAR* ckpt,
                 int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t GB, int64_t GC, int64_t nseq,
                 int64_t K, int64_t softplus, int64_t nthreads)
 {
@@ -183,9 +187,11 @@ void ss_fwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCA
             ss_prep_delta_SFX(delta + r * L, dbias ? dbias[d] : (SCALAR)0, softplus, dl, 0, L);
             if (z) ss_prep_gate_SFX(z + r * L, gate, 0, L);
             if (N == 16)
-                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, abuf, L, 16, K, dim * N);
+                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, abuf,
+                               h0 ? h0 + r * N : 0, L, 16, K, dim * N);
             else
-                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, abuf, L, N, K, dim * N);
+                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, abuf,
+                               h0 ? h0 + r * N : 0, L, N, K, dim * N);
         }
         free(dl); free(gate); free(abuf);
     }
@@ -196,7 +202,7 @@ static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
         const SCALAR* ur, const SCALAR* dlr, const SCALAR* Ar, const SCALAR* Bb, const SCALAR* Cb,
         const SCALAR Dd, const SCALAR* dyr, const int32_t* reset, const int32_t* end_id,
         const SCALAR* ck_row, const SCALAR* dlast_row, SCALAR* dur, SCALAR* ddlr, SCALAR* dAr, SCALAR* dDr,
-        SCALAR* ypre_r, SCALAR* myBb, SCALAR* myCb, SCALAR* hbuf, SCALAR* abuf,
+        SCALAR* ypre_r, SCALAR* myBb, SCALAR* myCb, SCALAR* hbuf, SCALAR* abuf, SCALAR* dh0_row,
         int64_t L, const int64_t N, int64_t K, int64_t last_stride)
 {
     const int64_t nck = (L + K - 1) / K;
@@ -260,13 +266,14 @@ static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
         }
     }
     for (int64_t n = 0; n < N; n++) dAr[n] = dAacc[n];
+    if (dh0_row) for (int64_t n = 0; n < N; n++) dh0_row[n] = g[n];   /* g after t = 0 carries a_0 (no reset there) */
     *dDr = dDacc;
 }
 
 void ss_bwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
                 const SCALAR* Dv, const SCALAR* z, const SCALAR* dbias, const int32_t* reset, const int32_t* end_id,
                 const SCALAR* ckpt, const SCALAR* dout, const SCALAR* dlast,
-                SCALAR* du, SCALAR* ddelta, SCALAR* dA, SCALAR* dBt, SCALAR* dCt, SCALAR* dD, SCALAR* dz,
+                SCALAR* du, SCALAR* ddelta, SCALAR* dA, SCALAR* dBt, SCALAR* dCt, SCALAR* dD, SCALAR* dz, SCALAR* dh0,
                 int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t GB, int64_t GC, int64_t nseq,
                 int64_t K, int64_t softplus, int64_t nthreads)
 {
@@ -301,11 +308,11 @@ void ss_bwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCA
             if (N == 16)
                 ss_bwd_row_SFX(u + r * L, dl, A + d * N, Bt + gb * L * N, Ct + gc * L * N, Dd, dy,
                                reset, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddelta + r * L, dA + r * N, dD + r,
-                               ypre, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, L, 16, K, dim * N);
+                               ypre, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, dh0 ? dh0 + r * N : 0, L, 16, K, dim * N);
             else
                 ss_bwd_row_SFX(u + r * L, dl, A + d * N, Bt + gb * L * N, Ct + gc * L * N, Dd, dy,
                                reset, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddelta + r * L, dA + r * N, dD + r,
-                               ypre, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, L, N, K, dim * N);
+                               ypre, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, dh0 ? dh0 + r * N : 0, L, N, K, dim * N);
             SCALAR* ddr = ddelta + r * L;                                /* ddl -> ddelta */
             for (int64_t t = 0; t < L; t++) ddr[t] *= sg[t];
             if (z) {
@@ -326,16 +333,18 @@ void ss_bwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCA
 """
 
 
-def _instantiate(scalar: str, sfx: str, vexp: str, log1p01: str) -> str:
-    return (_TEMPLATE.replace("SCALAR", scalar).replace("SFX", sfx).replace("VEXP", vexp)
+def _instantiate(template: str, scalar: str, sfx: str, vexp: str, log1p01: str) -> str:
+    return (template.replace("SCALAR", scalar).replace("SFX", sfx).replace("VEXP", vexp)
             .replace("LOG1P01", log1p01))
 
 
-_SOURCE = (_COMMON + _instantiate("float", "f32", "ss_vexp_f32", "ss_log1p01_f32")
-           + _instantiate("double", "f64", "exp", "log1p"))
+# the float32 exp / log1p and pre-passes, shared with the channel-blocked kernels (cpu_block_kernel)
+COMMON_SOURCE = _COMMON + _instantiate(_PREP_TEMPLATE, "float", "f32", "ss_vexp_f32", "ss_log1p01_f32")
+_SOURCE = (COMMON_SOURCE + _instantiate(_TEMPLATE, "float", "f32", "ss_vexp_f32", "ss_log1p01_f32")
+           + _instantiate(_PREP_TEMPLATE + _TEMPLATE, "double", "f64", "exp", "log1p"))
 
-_FWD_ARGS = [PTR] * 13 + [I64] * 10
-_BWD_ARGS = [PTR] * 20 + [I64] * 10
+_FWD_ARGS = [PTR] * 14 + [I64] * 10
+_BWD_ARGS = [PTR] * 21 + [I64] * 10
 
 LIB = CKernel("selective_scan", _SOURCE, {
     "ss_fwd_f32": _FWD_ARGS, "ss_fwd_f64": _FWD_ARGS,

@@ -40,7 +40,7 @@ def _chunk(u, dl, A, B, C, reset, t0, t1, dt):
     return x, dlc, a, bb, Bc, Cc
 
 
-def scan_fwd(u, dl, A, B, C, D, gate, reset, end_id, nseq, need_ckpt, dt):
+def scan_fwd(u, dl, A, B, C, D, gate, h0, reset, end_id, nseq, need_ckpt, dt):
     """-> y (b, d, L), last (b, nseq, d, N), ckpt (b, d, n_chunks, N) or empty."""
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -49,7 +49,7 @@ def scan_fwd(u, dl, A, B, C, D, gate, reset, end_id, nseq, need_ckpt, dt):
     y = u.new_empty(batch, dim, L, dtype=dt)
     last = u.new_zeros(batch, nseq, dim, N, dtype=dt)
     ckpt = u.new_empty(batch, dim, nck, N, dtype=dt) if need_ckpt else u.new_empty(0, dtype=dt)
-    h = u.new_zeros(batch, dim, N, dtype=dt)
+    h = u.new_zeros(batch, dim, N, dtype=dt) if h0 is None else h0.to(dt)           # state before t = 0
     H = u.new_empty(batch, dim, CHUNK, N, dtype=dt)
     for c in range(nck):
         t0, t1 = c * CHUNK, min(L, (c + 1) * CHUNK)
@@ -68,8 +68,10 @@ def scan_fwd(u, dl, A, B, C, D, gate, reset, end_id, nseq, need_ckpt, dt):
     return y, last, ckpt
 
 
-def scan_bwd(u, dl, A, B, C, D, dy, need_ypre, reset, end_id, nseq, ckpt, dlast, dt):
-    """-> du, ddl, dA (d, N), dB, dC (b, G, N, L), dD (d,), ypre (b, d, L) or None."""
+def scan_bwd(u, dl, A, B, C, D, dy, need_ypre, reset, end_id, nseq, ckpt, dlast, need_dh0, dt):
+    """-> du, ddl, dA (d, N), dB, dC (b, G, N, L), dD (d,), ypre (b, d, L) or None, dh0 (b, d, N) or None.
+
+    g after the reverse scan has passed t = 0 is a_0 g_0 = d h_{-1} (t = 0 is no reset with an initial state)."""
     batch, dim, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
     ends = end_id.tolist()
@@ -113,4 +115,4 @@ def scan_bwd(u, dl, A, B, C, D, dy, need_ypre, reset, end_id, nseq, ckpt, dlast,
         if need_ypre:
             yp = (H * Cc).sum(-1)
             ypre[:, :, t0:t1] = yp + D.to(dt)[:, None] * x if D is not None else yp
-    return du, ddl, dA, dB, dC, dD, ypre
+    return du, ddl, dA, dB, dC, dD, ypre, (g if need_dh0 else None)

@@ -1,6 +1,6 @@
 """Sequential reference of Mamba-1's selective scan (Gu & Dao 2023, Algorithm 2 / Eq. 2a-2b).
 
-For every batch row b and channel d (state h in R^N, h_{-1} = 0):
+For every batch row b and channel d (state h in R^N, h_{-1} = initial_state[b, d] or 0):
 
     delta'_t = softplus(delta_t + delta_bias)   if delta_softplus else   delta_t + delta_bias
     h_t      = exp(delta'_t * A) * h_{t-1} + delta'_t * B_t * u_t        (ZOH for A, Euler for B)
@@ -34,9 +34,11 @@ def _per_channel(X: torch.Tensor, dim: int, grouped: bool) -> torch.Tensor:
 
 
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                             return_last_state=False, cu_seqlens=None):
-    """y (batch, dim, L) in u's dtype [, last_state (batch or n_seqs, dim, N) in the compute dtype]."""
-    dt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+                             return_last_state=False, cu_seqlens=None, *, initial_state=None):
+    """y (batch, dim, L) in u's dtype [, last_state (batch or n_seqs, dim, N) in the compute dtype].
+
+    ``initial_state`` (batch, dim, N) is h_{-1} (without cu_seqlens only)."""
+    dt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, dim, L = u.shape
     N = A.shape[1]
     u_, delta_ = u.to(dt), delta.to(dt)                       # (b, d, L)
@@ -47,14 +49,14 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         delta_ = delta_ + delta_bias.to(dt)[:, None]
     if delta_softplus:
         delta_ = F.softplus(delta_)
-    starts = {0}
+    starts = {0} if initial_state is None else set()
     ends = {L - 1: 0}
     if cu_seqlens is not None:
         cs = [int(v) for v in cu_seqlens.tolist()]
         starts = {cs[i] for i in range(len(cs) - 1) if cs[i] < cs[i + 1]}
         ends = {cs[i + 1] - 1: i for i in range(len(cs) - 1) if cs[i] < cs[i + 1]}
         n_seqs = len(cs) - 1
-    h = u_.new_zeros(batch, dim, N)                           # (b, d, N)
+    h = u_.new_zeros(batch, dim, N) if initial_state is None else initial_state.to(dt)   # (b, d, N)
     last = [None] * (n_seqs if cu_seqlens is not None else 1)
     ys = []
     for t in range(L):
@@ -75,7 +77,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         return y
     zero = u_.new_zeros(batch, dim, N)
     if cu_seqlens is None:
-        return y, (last[0] if last[0] is not None else zero)
+        return y, (last[0] if last[0] is not None else zero if initial_state is None else h)
     return y, torch.cat([s if s is not None else zero for s in last], dim=0)
 
 

@@ -17,6 +17,8 @@ the last to the first. For a tile starting at t0:
        ddelta = ddl * sigmoid(delta + bias) under softplus.
    dB, dC (shared by the channels of a group) are accumulated with atomic adds; dA, dD are
    written per (batch, channel) and summed over batch by the launcher.
+4. With an initial state (HAS_H0; t = 0 is then no reset), d h0 = d h_{-1} = a_0 g_0, g_0 being the
+   carry left after the first tile.
 """
 from __future__ import annotations
 
@@ -30,11 +32,11 @@ from .triton_fwd import BLOCK_T, NUM_WARPS, _acc, _combine, _load_channel_vec, _
 @triton.jit
 def _ss_bwd_kernel(
     U, DELTA, A, B, C, D, Z, DBIAS, RESET, END_ID, CKPT, DOUT, DLAST,
-    DU, DDELTA, DA, DB, DC, DD, DZ,      # DU, DDELTA, DZ (b, dim, L); DA (b, dim, N); DB, DC like B, C (fp32/fp64); DD (b, dim)
+    DU, DDELTA, DA, DB, DC, DD, DZ, DH0,  # DU, DDELTA, DZ (b, dim, L); DA, DH0 (b, dim, N); DB, DC like B, C (fp32/fp64); DD (b, dim)
     SCRATCH,                             # (n_programs, BLOCK_D, BLOCK_N, BLOCK_T) fp32/fp64: time-reversal of g
     dim, L, N, GB, GC, nseq, n_tiles,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
-    SOFTPLUS: tl.constexpr, IS_F64: tl.constexpr,
+    SOFTPLUS: tl.constexpr, IS_F64: tl.constexpr, HAS_H0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
@@ -135,16 +137,22 @@ def _ss_bwd_kernel(
         tl.atomic_add(DC + gC_off + offs_n[:, None] * L + offs_t[None, :], dCt, mask=m_nt)
     tl.store(DA + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], dA_acc, mask=mask_dn)
     tl.store(DD + pid_b * dim + offs_d, dD_acc, mask=mask_d)
+    if HAS_H0:                                                                 # g is g_0 now: d h_{-1} = a_0 g_0
+        _, dl0 = _load_delta(DELTA, row[:, None] + jj[None, :], mask_d[:, None] & (jj == 0)[None, :], bias,
+                             SOFTPLUS, IS_F64)
+        dl0 = tl.sum(tl.where((jj == 0)[None, :], dl0, 0.0), axis=1)          # (BD,)
+        a0 = tl.exp(dl0[:, None] * A_)
+        tl.store(DH0 + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], a0 * g, mask=mask_dn)
 
 
 def _sig(dtype: str):
     p, acc = f"*{dtype}", "*fp64" if dtype == "fp64" else "*fp32"
     return {"U": p, "DELTA": p, "A": p, "B": p, "C": p, "D": p, "Z": p, "DBIAS": p, "RESET": "*i32",
             "END_ID": "*i32", "CKPT": acc, "DOUT": p, "DLAST": acc,
-            "DU": acc, "DDELTA": acc, "DA": acc, "DB": acc, "DC": acc, "DD": acc, "DZ": acc, "SCRATCH": acc,
+            "DU": acc, "DDELTA": acc, "DA": acc, "DB": acc, "DC": acc, "DD": acc, "DZ": acc, "DH0": acc, "SCRATCH": acc,
             "dim": "i32", "L": "i32", "N": "i32", "GB": "i32", "GC": "i32", "nseq": "i32", "n_tiles": "i32",
             "HAS_D": "constexpr", "HAS_Z": "constexpr", "HAS_DBIAS": "constexpr", "HAS_DLAST": "constexpr",
-            "SOFTPLUS": "constexpr", "IS_F64": "constexpr",
+            "SOFTPLUS": "constexpr", "IS_F64": "constexpr", "HAS_H0": "constexpr",
             "BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "BLOCK_T": "constexpr"}
 
 
@@ -153,6 +161,7 @@ BWD_BLOCK_D = 1
 
 def _spec(dtype, label, **kw):
     flags = dict(HAS_D=True, HAS_Z=True, HAS_DBIAS=True, HAS_DLAST=True, SOFTPLUS=True, IS_F64=dtype == "fp64",
+                 HAS_H0=True,
                  BLOCK_D=BWD_BLOCK_D, BLOCK_N=16, BLOCK_T=BLOCK_T)
     flags.update(kw)
     return AotSpec(module=__name__, name="_ss_bwd_kernel", signature=_sig(dtype), constexprs=flags,
@@ -162,5 +171,6 @@ def _spec(dtype, label, **kw):
 AOT_SPECS = [
     _spec("fp32", "fp32_full"),
     _spec("bf16", "bf16_full"),
-    _spec("fp32", "fp32_plain", HAS_D=False, HAS_Z=False, HAS_DBIAS=False, HAS_DLAST=False, SOFTPLUS=False),
+    _spec("fp32", "fp32_plain", HAS_D=False, HAS_Z=False, HAS_DBIAS=False, HAS_DLAST=False, SOFTPLUS=False,
+          HAS_H0=False),
 ]

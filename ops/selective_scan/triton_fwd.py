@@ -3,7 +3,8 @@
 One program per (block of BLOCK_D channels, batch row). It walks L in tiles of BLOCK_T steps;
 inside a tile the pairs (a_t, b_t) = (exp(dl_t A), dl_t u_t B_t), shaped (BLOCK_D, BLOCK_N,
 BLOCK_T), are combined by ``tl.associative_scan`` with (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2),
-and the state entering the tile is carried across tiles:
+and the state entering the tile is carried across tiles (the first carry is H0, the initial state,
+when HAS_H0, else 0):
 
     h_t = acum_t * h_carry + bcum_t;   y_t = sum_n C_t[n] h_t[n] + D u_t;   y_t *= silu(z_t)
 
@@ -55,11 +56,11 @@ def _load_channel_vec(P, offs_d, mask_d, HAS: tl.constexpr, IS_F64: tl.constexpr
 
 @triton.jit
 def _ss_fwd_kernel(
-    U, DELTA, A, B, C, D, Z, DBIAS, RESET, END_ID,      # U, DELTA, Z (b, dim, L); A (dim, N); B (b, GB, N, L); C (b, GC, N, L)
+    U, DELTA, A, B, C, D, Z, DBIAS, H0, RESET, END_ID,  # U, DELTA, Z (b, dim, L); A (dim, N); B (b, GB, N, L); C (b, GC, N, L); H0 (b, dim, N)
     Y, LAST, CKPT,                                       # Y (b, dim, L); LAST (b, nseq, dim, N); CKPT (b, dim, n_tiles, N)
     dim, L, N, GB, GC, nseq, n_tiles,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    WRITE_CKPT: tl.constexpr, IS_F64: tl.constexpr,
+    WRITE_CKPT: tl.constexpr, IS_F64: tl.constexpr, HAS_H0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
@@ -78,7 +79,10 @@ def _ss_fwd_kernel(
     B_base = B + (pid_b * GB + d0 // (dim // GB)) * N * L
     C_base = C + (pid_b * GC + d0 // (dim // GC)) * N * L
     ck_row = (pid_b * dim + offs_d) * n_tiles                               # (BD,)
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=A_.dtype)                        # (BD, BN) state
+    if HAS_H0:                                                              # (BD, BN) state
+        h = _acc(tl.load(H0 + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], mask=mask_dn, other=0.0), IS_F64)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=A_.dtype)
     for tile in range(0, n_tiles):
         t0 = tile * BLOCK_T
         offs_t = t0 + jj
@@ -113,11 +117,11 @@ def _ss_fwd_kernel(
 
 def _sig(dtype: str, ckpt: bool):
     p, acc = f"*{dtype}", "*fp64" if dtype == "fp64" else "*fp32"
-    return {"U": p, "DELTA": p, "A": p, "B": p, "C": p, "D": p, "Z": p, "DBIAS": p, "RESET": "*i32",
+    return {"U": p, "DELTA": p, "A": p, "B": p, "C": p, "D": p, "Z": p, "DBIAS": p, "H0": acc, "RESET": "*i32",
             "END_ID": "*i32", "Y": p, "LAST": acc, "CKPT": acc,
             "dim": "i32", "L": "i32", "N": "i32", "GB": "i32", "GC": "i32", "nseq": "i32", "n_tiles": "i32",
             "HAS_D": "constexpr", "HAS_Z": "constexpr", "HAS_DBIAS": "constexpr", "SOFTPLUS": "constexpr",
-            "WRITE_CKPT": "constexpr", "IS_F64": "constexpr",
+            "WRITE_CKPT": "constexpr", "IS_F64": "constexpr", "HAS_H0": "constexpr",
             "BLOCK_D": "constexpr", "BLOCK_N": "constexpr", "BLOCK_T": "constexpr"}
 
 
@@ -126,6 +130,7 @@ FWD_BLOCK_D, BLOCK_T, NUM_WARPS = 2, 64, 4
 
 def _spec(dtype, label, **kw):
     flags = dict(HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, WRITE_CKPT=True, IS_F64=dtype == "fp64",
+                 HAS_H0=True,
                  BLOCK_D=FWD_BLOCK_D, BLOCK_N=16, BLOCK_T=BLOCK_T)
     flags.update(kw)
     return AotSpec(module=__name__, name="_ss_fwd_kernel", signature=_sig(dtype, True), constexprs=flags,
@@ -135,5 +140,6 @@ def _spec(dtype, label, **kw):
 AOT_SPECS = [
     _spec("fp32", "fp32_full"),
     _spec("bf16", "bf16_full"),
-    _spec("fp32", "fp32_plain_nockpt", HAS_D=False, HAS_Z=False, HAS_DBIAS=False, SOFTPLUS=False, WRITE_CKPT=False),
+    _spec("fp32", "fp32_plain_nockpt", HAS_D=False, HAS_Z=False, HAS_DBIAS=False, SOFTPLUS=False, WRITE_CKPT=False,
+          HAS_H0=False),
 ]

@@ -1,7 +1,8 @@
 """selective_scan / selective_state_update: reference vs cpu (C kernel and pure-torch fallback) vs
 triton (interpreter), forward and every gradient (including through last_state), odd lengths,
 T = 1, grouped B/C, D / z / delta_bias / softplus on and off, cu_seqlens packing, decode steps,
-float64 gradcheck, bf16 input, non-contiguous input, custom-op registration, bad input."""
+float64 gradcheck, bf16 input, non-contiguous input, custom-op registration, bad input, the
+channel-blocked C kernels (float32, N = 16, 16 channels per group), initial_state (continuation)."""
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from parazoo.ops import selective_scan, selective_state_update
-from parazoo.ops.selective_scan import cpu_kernel, selective_scan_reference
+from parazoo.ops.selective_scan import cpu, cpu_block_kernel, cpu_kernel, selective_scan_reference
 from parazoo.ops.testing import assert_close
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -22,6 +23,7 @@ def _use_path(name, request, monkeypatch):
         return "triton"
     if name == "cpu_torch":
         monkeypatch.setattr(cpu_kernel.LIB, "load", lambda: None)
+        monkeypatch.setattr(cpu_block_kernel.BLK_LIB, "load", lambda: None)
     elif cpu_kernel.LIB.load() is None:
         pytest.skip("no C compiler here: the cpu backend is the pure-torch path (tested as cpu_torch)")
     return "cpu"
@@ -37,9 +39,10 @@ def cpu_backend(request, monkeypatch):
     return _use_path(request.param, request, monkeypatch)
 
 
-def _inputs(b, d, L, N, G=None, GC="same", D=True, z=True, bias=True, dtype=torch.float64, seed=0, softplus=True):
+def _inputs(b, d, L, N, G=None, GC="same", D=True, z=True, bias=True, dtype=torch.float64, seed=0, softplus=True,
+            h0=False):
     """Random inputs in Mamba's ranges (A < 0, steps that are positive after softplus, or already
-    positive without it); float64 values cast to dtype."""
+    positive without it), with an initial state when h0; float64 values cast to dtype."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, scale=1.0, shift=0.0):
@@ -55,6 +58,8 @@ def _inputs(b, d, L, N, G=None, GC="same", D=True, z=True, bias=True, dtype=torc
         D=r(d) if D else None, z=r(b, d, L) if z else None,
         delta_bias=(r(d, scale=0.3) if softplus else 0.1 * torch.rand(d, generator=g, dtype=torch.float64).to(dtype)) if bias else None,
     )
+    if h0:
+        t["initial_state"] = r(b, d, N)
     return {k: (v.requires_grad_() if v is not None else None) for k, v in t.items()}
 
 
@@ -96,6 +101,9 @@ CASES = {  # (b, d, L, N, G, GC, D, z, bias, softplus)
 }
 BIG_CASES = {
     "T63_N16_grouped": (3, 4, 63, 16, 2, 2, True, False, True, True),
+    # float32 runs the channel-blocked C kernels here (16 channels of one group per vector)
+    "T70_N16_blocked_groups_differ": (2, 32, 70, 16, 2, 1, True, True, True, True),
+    "T5_N16_blocked_plain": (1, 16, 5, 16, None, None, False, False, False, False),
     "T257_N16_groups_differ": pytest.param((2, 6, 257, 16, 3, 1, True, True, False, True), marks=pytest.mark.slow),
 }
 
@@ -117,11 +125,76 @@ def test_bigger_shapes_triton(triton_interpreter):
     _check_case("triton", torch.float32, BIG_CASES["T63_N16_grouped"])
 
 
-def _check_case(backend, dtype, case):
+def _check_case(backend, dtype, case, h0=False):
     b, d, L, N, G, GC, D, z, bias, sp = case
-    inputs = _inputs(b, d, L, N, G, GC, D, z, bias, dtype=dtype, softplus=sp)
+    inputs = _inputs(b, d, L, N, G, GC, D, z, bias, dtype=dtype, softplus=sp, h0=h0)
     expected = _run(inputs, "reference", sp, cast=torch.float64)
-    _compare(_run(inputs, backend, sp), expected, dtype, may_vanish=("A",) if L == 1 else ())
+    _compare(_run(inputs, backend, sp), expected, dtype, may_vanish=("A",) if L == 1 and not h0 else ())
+
+
+def _uses_blocked_kernel(case, dtype):
+    b, d, L, N, G, GC = case[:6]
+    u, A = torch.empty(b, d, L, dtype=dtype), torch.empty(d, N, dtype=dtype)
+    return cpu._blocked(u, A, torch.empty(b, G or 1, N, L), torch.empty(b, GC or 1, N, L), dtype) is not None
+
+
+def test_blocked_cases_run_the_blocked_kernel():
+    """The cases above that should exercise the channel-blocked kernels really do (a silent
+    fallback to the row kernels would leave them untested)."""
+    if cpu_block_kernel.BLK_LIB.load() is None:
+        pytest.skip("the channel-blocked kernels do not compile here (gcc < 12?)")
+    for name in ("T70_N16_blocked_groups_differ", "T5_N16_blocked_plain"):
+        assert _uses_blocked_kernel(BIG_CASES[name], torch.float32), name
+        assert not _uses_blocked_kernel(BIG_CASES[name], torch.float64), name
+    assert not _uses_blocked_kernel(BIG_CASES["T63_N16_grouped"], torch.float32)
+
+
+H0_CASES = {  # initial_state; T37: more than one 16-step tile in the interpreter
+    "T37_h0": (2, 3, 37, 4, None, None, True, True, True, True),
+    "T1_h0_no_softplus": (1, 2, 1, 3, 2, None, True, False, True, False),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(H0_CASES))
+def test_initial_state_matches_reference(backend, dtype, case):
+    """Forward, last state and every gradient, d initial_state included."""
+    _check_case(backend, dtype, H0_CASES[case], h0=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_initial_state_blocked_kernel(cpu_backend, dtype):
+    _check_case(cpu_backend, dtype, (2, 32, 40, 16, 2, None, True, True, True, True), h0=True)
+
+
+def test_initial_state_continues_a_split_scan(backend):
+    """Scanning [0, s) then [s, L) from the first part's last state equals one scan of [0, L):
+    outputs, final state and gradients (through the carried state too)."""
+    b, d, L, N, s = 1, 2, 21, 3, 8
+    inputs = _inputs(b, d, L, N, G=2, dtype=torch.float64, seed=5)
+    leaves = [v for v in inputs.values() if v is not None]
+    g = torch.Generator().manual_seed(2)
+    gy, gl = torch.randn(b, d, L, generator=g, dtype=torch.float64), torch.randn(b, d, N, generator=g, dtype=torch.float64)
+    y, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend=backend)
+    full = torch.autograd.grad((y * gy).sum() + (last * gl).sum(), leaves)
+
+    def part(a, e):
+        return {k: (v[..., a:e] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
+
+    y1, h1 = selective_scan(**part(0, s), delta_softplus=True, return_last_state=True, backend=backend)
+    y2, h2 = selective_scan(**part(s, L), delta_softplus=True, return_last_state=True, backend=backend, initial_state=h1)
+    assert_close(torch.cat([y1, y2], -1), y, name="y split vs whole")
+    assert_close(h2, last, name="last state split vs whole")
+    split = torch.autograd.grad((y1 * gy[..., :s]).sum() + (y2 * gy[..., s:]).sum() + (h2 * gl).sum(), leaves)
+    for k, a, e in zip([k for k, v in inputs.items() if v is not None], split, full):
+        assert_close(a, e, name=f"d{k} split vs whole")
+
+
+def test_initial_state_empty_sequence_returns_it(backend):
+    inputs = _inputs(1, 2, 0, 3, dtype=torch.float64, h0=True)
+    y, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend=backend)
+    assert y.shape == (1, 2, 0)
+    assert_close(last, inputs["initial_state"].detach(), name="last state of an empty scan")
 
 
 def test_reference_matches_hand_computation():
@@ -218,8 +291,8 @@ def test_state_update_gradients_match_reference():
         args)
 
 
-def _gradcheck(backend, softplus, cu=None, G=None):
-    inputs = _inputs(1, 2 if G else 1, 4, 2, G=G, dtype=torch.float64, seed=4, softplus=softplus)
+def _gradcheck(backend, softplus, cu=None, G=None, h0=False):
+    inputs = _inputs(1, 2 if G else 1, 4, 2, G=G, dtype=torch.float64, seed=4, softplus=softplus, h0=h0)
     names = [k for k, v in inputs.items() if v is not None]
 
     def f(*xs):
@@ -238,6 +311,10 @@ def test_gradcheck_float64(backend, softplus):
 
 def test_gradcheck_float64_packed(backend):
     _gradcheck(backend, True, cu=torch.tensor([0, 1, 4], dtype=torch.int64))
+
+
+def test_gradcheck_float64_initial_state(backend):
+    _gradcheck(backend, True, h0=True)
 
 
 def test_bfloat16_input(backend):
@@ -273,10 +350,12 @@ def test_auto_backend_on_cpu_tensors_is_the_cpu_path():
 def test_custom_op_is_registered_and_passes_opcheck():
     assert hasattr(torch.ops.parazoo, "selective_scan") and hasattr(torch.ops.parazoo, "selective_scan_bwd")
     inputs = _inputs(1, 4, 9, 3, G=2, dtype=torch.float32)
-    args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["z"],
-            inputs["delta_bias"], None, True, True, "cpu")
-    torch.library.opcheck(torch.ops.parazoo.selective_scan.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    h0 = torch.randn(1, 4, 3, requires_grad=True)
+    for init in (None, h0):                 # without and with an initial state
+        args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["z"],
+                inputs["delta_bias"], init, None, True, True, "cpu")
+        torch.library.opcheck(torch.ops.parazoo.selective_scan.default, args,
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -293,6 +372,11 @@ def test_custom_op_is_registered_and_passes_opcheck():
     (dict(cu_seqlens=torch.tensor([0, 4, 9])), "batch size 1"),
     (dict(delta_softplus="yes"), "delta_softplus"),
     (dict(backend="gpu"), "backend"),
+    (dict(initial_state=torch.randn(2, 4, 4)), "'initial_state'"),            # N mismatch
+    (dict(initial_state=torch.randn(4, 3)), "'initial_state'"),
+    (dict(initial_state=torch.zeros(2, 4, 3, dtype=torch.int64)), "'initial_state'"),
+    (dict(initial_state=torch.zeros(1, 4, 3), u=torch.randn(1, 4, 9), delta=torch.rand(1, 4, 9), B=torch.randn(1, 3, 9),
+          C=torch.randn(1, 3, 9), cu_seqlens=torch.tensor([0, 4, 9])), "'initial_state' and 'cu_seqlens'"),
 ])
 def test_bad_inputs_raise_value_error(bad, match):
     args = dict(u=torch.randn(2, 4, 9), delta=torch.rand(2, 4, 9), A=-torch.rand(4, 3), B=torch.randn(2, 3, 9),
