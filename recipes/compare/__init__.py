@@ -3,7 +3,7 @@ learning rates x seeds, each run through the same Lightning training path, repor
 learning rate per cell (Zoology's rule) and the spread over seeds, parameter counts and recurrent
 state size, as a table (Markdown, CSV, JSON), PNG plots and W&B runs grouped by comparison.
 
-    parazoo compare --recipe quick [--out compare_out/quick] [--data PATH] [--mixers a,b] [--fresh]
+    parazoo compare --recipe quick [--out compare_out/quick] [--data PATH] [--mixers a,b] [--jobs N] [--fresh]
 
 Runs finished earlier in the same output folder (same recipe) are skipped: a killed comparison
 resumes where it stopped.
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="a text file for the text tasks instead of the built-in corpus")
     ap.add_argument("--mixers", default=None, help="comma-separated subset of the recipe's mixers")
     ap.add_argument("--fresh", action="store_true", help="ignore finished runs in the output folder")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="runs at once, one process each (default: the recipe's jobs)")
     ap.add_argument("--no-progress", action="store_true", help="hide Lightning's per-run progress bars")
     args = ap.parse_args(argv)
     try:
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             if bad:
                 raise ValueError(f"--mixers: unknown mixer(s) {bad}; registered: {sorted(MIXERS)}")
         runs = expand(recipe, only)
+        if args.jobs is not None and args.jobs < 1:
+            raise ValueError(f"--jobs must be a positive int, got {args.jobs}")
     except ValueError as e:
         print(f"parazoo compare: error: {e}", file=sys.stderr)
         return 2
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     data_path = str(Path(args.data).resolve()) if args.data else None
     print(f"parazoo compare: recipe {recipe.name!r}, {len(runs)} runs -> {out}", flush=True)
     t0 = time.perf_counter()
-    results = run_grid(recipe, runs, out, rhash, data_path, progress=not args.no_progress)
+    results = run_grid(recipe, runs, out, rhash, data_path, progress=not args.no_progress, jobs=args.jobs)
     mixers = sorted({r.mixer for r in runs})
     throughput = measure_throughput(recipe, mixers, out) if recipe.throughput else []
     rows = aggregate(recipe, results)

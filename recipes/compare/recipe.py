@@ -21,6 +21,7 @@ YAML schema (unknown keys are errors, never ignored)::
         batch_size: 64
         widths / lrs / mixers / n_layers: optional per-task overrides
     throughput: {seq_lens: [128, 256, 512], width: 64, batch_size: 4, steps: 3}   # optional
+    jobs: 1                     # runs at once, each its own process with cpu_count // jobs threads
 """
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ class Recipe:
     mixer_kwargs: dict = dataclasses.field(default_factory=dict)
     model: dict = dataclasses.field(default_factory=dict)
     throughput: dict | None = None
+    jobs: int = 1
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
@@ -113,6 +115,8 @@ class Recipe:
             raise ValueError(f"compare recipe: budget must be 'tokens' or 'seconds', got {r.budget!r}")
         if r.budget == "seconds" and not (isinstance(r.seconds, (int, float)) and r.seconds > 0):
             raise ValueError("compare recipe: budget 'seconds' needs a positive 'seconds' per run")
+        if not isinstance(r.jobs, int) or isinstance(r.jobs, bool) or r.jobs < 1:
+            raise ValueError(f"compare recipe: jobs must be a positive int, got {r.jobs!r}")
         for k in ("widths", "lrs", "seeds"):
             v = getattr(r, k)
             if not isinstance(v, list) or not v:

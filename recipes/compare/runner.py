@@ -133,35 +133,77 @@ def run_one(recipe: Recipe, task: Task, run: Run, out_dir: Path, data_path: str 
     }
 
 
+def metric_of_run(r: dict) -> str:
+    """The final validation metric of a finished run, for progress lines."""
+    key = "val/loss" if r.get("kind") == "text" else "val/acc"
+    v = r.get("final", {}).get(key)
+    return f"{key.split('/')[-1]} {v:.4g}" if isinstance(v, (int, float)) else f"{key.split('/')[-1]} -"
+
+
+def _run_saved(recipe: Recipe, run: Run, path: Path, out_dir: Path, data_path: str | None, group: str,
+               progress: bool, rhash: str, threads: int | None = None) -> dict:
+    """One run (its failure becomes a result with the error), written atomically to ``path``."""
+    if threads:
+        torch.set_num_threads(threads)
+    task = next(t for t in recipe.tasks if t.name == run.task)
+    try:
+        r = run_one(recipe, task, run, out_dir, data_path, group, progress)
+    except Exception as e:  # a failing mixer is a row with its error, not a crash of the grid
+        r = {"run": run.__dict__, "id": run.id, "task": run.task, "kind": task.kind,
+             "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
+    r["recipe_hash"], r["data_path"] = rhash, data_path
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(r, indent=1, default=float))
+    os.replace(tmp, path)
+    return r
+
+
 def run_grid(recipe: Recipe, runs: list[Run], out_dir: Path, rhash: str, data_path: str | None = None,
-             progress: bool = True, log=print) -> list[dict]:
-    """Run every run not already finished; return all results (finished + new), errors included."""
+             progress: bool = True, log=print, jobs: int | None = None) -> list[dict]:
+    """Run every run not already finished; return all results (finished + new, in ``runs`` order),
+    errors included. ``jobs`` (default ``recipe.jobs``) > 1 runs that many at once, each in its own
+    process with cpu_count // jobs threads (small models use several cores poorly)."""
     res_dir = out_dir / "runs"
     res_dir.mkdir(parents=True, exist_ok=True)
-    tasks = {t.name: t for t in recipe.tasks}
-    results = []
     group = f"compare-{recipe.name}"
+    jobs = max(1, int(jobs if jobs is not None else recipe.jobs))
+    results: dict[int, dict] = {}
+    todo = []
     for i, run in enumerate(runs):
         path = res_dir / f"{run.id}.json"
         if path.exists():
             prev = json.loads(path.read_text())
             if prev.get("recipe_hash") == rhash and prev.get("data_path") == data_path and "error" not in prev:
                 log(f"[{i + 1}/{len(runs)}] {run.id}: done earlier, skipped")
-                results.append(prev)
+                results[i] = prev
                 continue
-        log(f"[{i + 1}/{len(runs)}] {run.id}")
-        try:
-            r = run_one(recipe, tasks[run.task], run, out_dir, data_path, group, progress)
-        except Exception as e:  # a failing mixer is a row with its error, not a crash of the grid
-            r = {"run": run.__dict__, "id": run.id, "task": run.task, "kind": tasks[run.task].kind,
-                 "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
-            log(f"    FAILED: {r['error']}")
-        r["recipe_hash"], r["data_path"] = rhash, data_path
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(r, indent=1, default=float))
-        os.replace(tmp, path)
-        results.append(r)
-    return results
+        todo.append((i, run, path))
+
+    def report(i, run, r):
+        if "error" in r:
+            log(f"    FAILED [{i + 1}/{len(runs)}] {run.id}: {r['error']}")
+        else:
+            log(f"    [{i + 1}/{len(runs)}] {run.id}: {metric_of_run(r)} in {r['train_seconds']:.0f} s")
+
+    if jobs == 1 or len(todo) <= 1:
+        for i, run, path in todo:
+            log(f"[{i + 1}/{len(runs)}] {run.id}")
+            results[i] = _run_saved(recipe, run, path, out_dir, data_path, group, progress, rhash)
+            report(i, run, results[i])
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        log(f"running {len(todo)} runs, {jobs} at a time, {threads} thread(s) each")
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
+            futs = {ex.submit(_run_saved, recipe, run, path, out_dir, data_path, group, False, rhash, threads): (i, run)
+                    for i, run, path in todo}
+            for f in as_completed(futs):
+                i, run = futs[f]
+                results[i] = f.result()
+                report(i, run, results[i])
+    return [results[i] for i in sorted(results)]
 
 
 def measure_throughput(recipe: Recipe, mixers: list[str], out_dir: Path, log=print) -> list[dict]:

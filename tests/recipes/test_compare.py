@@ -44,6 +44,8 @@ def test_unknown_keys_and_bad_values_are_errors():
         Recipe.from_dict({**TINY, "tasks": [{**TINY["tasks"][0], "kind": "nope"}]})
     with pytest.raises(ValueError, match="seconds"):
         Recipe.from_dict({**TINY, "budget": "seconds"})
+    with pytest.raises(ValueError, match="jobs must be a positive int, got 0"):
+        Recipe.from_dict({**TINY, "jobs": 0})
 
 
 def test_grid_expansion():
@@ -78,8 +80,11 @@ def test_end_to_end_tiny_comparison_and_resume(tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
     out = tmp_path / "out"
-    rc = main(["--recipe", str(path), "--out", str(out), "--no-progress"])
-    assert rc == 0, capsys.readouterr().out[-3000:]
+    # two runs at a time, each in its own process (the recipe's `jobs`, overridden by --jobs)
+    rc = main(["--recipe", str(path), "--out", str(out), "--no-progress", "--jobs", "2"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed[-3000:]
+    assert "2 at a time" in printed
     for f in ("results.md", "results.csv", "results.json", "mqar_acc_vs_width.png", "mqar_acc_vs_state.png",
               "text_val_loss_vs_tokens.png", "text_val_loss_vs_seconds.png", "throughput_vs_seq_len.png"):
         assert (out / f).exists(), f
@@ -98,3 +103,4 @@ def test_cli_errors():
     assert main(["--recipe", "no-such-recipe"]) == 2
     assert main(["--recipe", "quick", "--mixers", "nope"]) == 2
     assert main(["--recipe", "quick", "--data", "/no/such/file.txt"]) == 2
+    assert main(["--recipe", "quick", "--jobs", "0"]) == 2
