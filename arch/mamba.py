@@ -21,8 +21,8 @@ flagged too (1-D, never decayed anyway).
 State (decoding): {"conv_state": (B, d_inner, d_conv), the last d_conv conv inputs (oldest
 first), "ssm_state": (B, d_inner, N) in float32 (float64 for float64 models)}. A single token
 steps both with ``causal_conv1d_update`` / ``selective_state_update``; a longer chunk from a
-state runs ``causal_conv1d(initial_states=...)`` and continues the scan from the state (see
-``_scan_from_state``).
+state is one ``causal_conv1d(initial_states=...)`` and one ``selective_scan(initial_state=...)``
+call (differentiable through the state, at training speed).
 """
 from __future__ import annotations
 
@@ -111,11 +111,9 @@ class Mamba(nn.Module):
         dt = torch.matmul(self.dt_proj.weight, dt_low.transpose(1, 2))         # (B, d_inner, T), bias in the scan
         Bm, Cm = Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()  # (B, N, T)
         A, D, dt_bias = self._ssm_params()
-        if state is None:
-            y, last = selective_scan(xc, dt, A, Bm, Cm, D, z=z, delta_bias=dt_bias, delta_softplus=True,
-                                     return_last_state=True)                 # (B, d_inner, T), (B, d_inner, N)
-        else:
-            y, last = self._scan_from_state(state["ssm_state"], xc, dt, Bm, Cm, z)
+        h0 = None if state is None else state["ssm_state"]                   # (B, d_inner, N)
+        y, last = selective_scan(xc, dt, A, Bm, Cm, D, z=z, delta_bias=dt_bias, delta_softplus=True,
+                                 return_last_state=True, initial_state=h0)   # (B, d_inner, T), (B, d_inner, N)
         conv_hist = xs if prev is None else torch.cat([prev, xs], dim=-1)
         conv_state = conv_hist[:, :, -self.d_conv:]
         if conv_state.shape[-1] < self.d_conv:                                # T < d_conv from a zero state
@@ -127,23 +125,6 @@ class Mamba(nn.Module):
         """A = -exp(A_log) (d_inner, N), D, dt bias (d_inner,), in float32 (float64 for a float64 model)."""
         cd = state_dtype(self.A_log.dtype)
         return -torch.exp(self.A_log.to(cd)), self.D.to(cd), self.dt_proj.bias.to(cd)
-
-    def _scan_from_state(self, h0, xc, dt, Bm, Cm, z):
-        """Scan a chunk of T > 1 tokens continuing from h0 (B, d_inner, N); xc, dt, z (B, d_inner, T),
-        Bm, Cm (B, N, T).
-
-        selective_scan (mamba_ssm's API) has no initial-state argument, so the chunk is stepped
-        token by token with selective_state_update, which is exact (decode-speed, not train-speed).
-        """
-        from parazoo.ops import selective_state_update
-
-        A, D, dt_bias = self._ssm_params()
-        h = h0.clone()
-        ys = []
-        for t in range(xc.shape[-1]):
-            ys.append(selective_state_update(h, xc[:, :, t], dt[:, :, t], A, Bm[:, :, t], Cm[:, :, t], D, z=z[:, :, t],
-                                             dt_bias=dt_bias, dt_softplus=True))
-        return torch.stack(ys, dim=-1), h                                     # (B, d_inner, T), (B, d_inner, N)
 
     def _step(self, x: torch.Tensor, state: dict):
         """One token x (B, d_model) from ``state``; returns y (B, d_model) and the new state."""

@@ -101,6 +101,27 @@ def test_decoding_and_chunks_equal_full_forward(splits):
     assert_close(s_full["conv_state"], (u @ m.in_proj.weight.T)[:, -4:, :128].transpose(1, 2), name="conv_state = last inputs")
 
 
+def test_chunk_from_a_state_is_one_scan_with_gradients_of_the_full_forward(monkeypatch):
+    """A multi-token chunk continues from the state with one selective_scan call (never token by
+    token), and gradients through chunked continuation (float64) equal the full forward's."""
+    import parazoo.ops as ops
+
+    def no_steps(*a, **k):
+        raise AssertionError("a multi-token chunk must not step token by token")
+
+    monkeypatch.setattr(ops, "selective_state_update", no_steps)
+    m = loaded()
+    u = torch.randn(2, 11, 64, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 11, 64, dtype=torch.float64)
+    y, _ = m(u)
+    full = torch.autograd.grad((y * g).sum(), [u, *m.parameters()])
+    yc, _ = run_in_chunks(m, u, [4, 2, 5])
+    assert_close(yc, y, name="chunks [4, 2, 5]")
+    chunked = torch.autograd.grad((yc * g).sum(), [u, *m.parameters()])
+    for (name, _), a, e in zip([("u", u), *m.named_parameters()], chunked, full):
+        assert_close(a, e, name=f"d{name} chunked vs full")
+
+
 def test_state_is_not_modified_in_place():
     m = loaded()
     u = torch.randn(1, 6, 64, dtype=torch.float64)
