@@ -50,8 +50,9 @@ def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id
     last = torch.zeros(batch, nseq, dim, N, dtype=dt)
     ckpt = torch.empty(batch, dim, -(-L // CHUNK), N, dtype=dt) if need_ckpt else torch.empty(0, dtype=dt)
     blk = _blocked(u, A, B, C, dt)
-    if blk is not None:                                                 # B, C read in place, (b, G, N, L)
-        blk.ss_fwd_blk_f32(ptr(u_), ptr(dl_), ptr(A_), ptr(_c(B, dt)), ptr(_c(C, dt)), ptr(D_), ptr(z_), ptr(db_),
+    if blk is not None:                                                 # B, C read as they are, (b, G, N, L)
+        B_, C_ = _c(B, dt), _c(C, dt)                                   # (kept alive across the call)
+        blk.ss_fwd_blk_f32(ptr(u_), ptr(dl_), ptr(A_), ptr(B_), ptr(C_), ptr(D_), ptr(z_), ptr(db_),
                            ptr(h0_), ptr(reset), ptr(end_id), ptr(y), ptr(last), ptr(ckpt) if need_ckpt else None,
                            batch, dim, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
         return y, last, ckpt
@@ -77,7 +78,8 @@ def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, 
     dh0 = torch.empty(batch, dim, N, dtype=dt) if h0 is not None else None
     blk = _blocked(u, A, B, C, dt)
     if blk is not None:
-        blk.ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(A_), ptr(_c(B, dt)), ptr(_c(C, dt)), ptr(D_), ptr(z_), ptr(db_),
+        B_, C_ = _c(B, dt), _c(C, dt)
+        blk.ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(A_), ptr(B_), ptr(C_), ptr(D_), ptr(z_), ptr(db_),
                            ptr(reset), ptr(end_id), ptr(ck), ptr(do_), ptr(dlast_),
                            ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0),
                            batch, dim, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())

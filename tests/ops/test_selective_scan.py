@@ -318,7 +318,16 @@ def test_gradcheck_float64_initial_state(backend):
 
 
 def test_bfloat16_input(backend):
-    inputs = _inputs(2, 4, 20, 4, dtype=torch.bfloat16)
+    _check_bfloat16(backend, (2, 4, 20, 4))
+
+
+def test_bfloat16_input_blocked_kernel(cpu_backend):
+    """bf16 B, C are converted to float32 copies for the blocked kernels (which must outlive the call)."""
+    _check_bfloat16(cpu_backend, (1, 16, 20, 16))
+
+
+def _check_bfloat16(backend, shape):
+    inputs = _inputs(*shape, dtype=torch.bfloat16)
     y, last, grads = _run(inputs, backend, True)
     assert y.dtype == torch.bfloat16 and last.dtype == torch.float32
     assert all(grads[k].dtype == torch.bfloat16 for k in grads)
