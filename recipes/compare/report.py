@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +22,9 @@ def _mean_std(xs):
 def aggregate(recipe: Recipe, results: list[dict]) -> list[dict]:
     """One row per (task, mixer, width): Zoology's rule — for each learning rate average the
     metric over seeds, keep the best learning rate; report its mean and std over seeds, and the
-    size, state and speed of that run. A cell whose every run failed carries the error."""
+    size, state and speed of that run. A cell whose every run failed carries the error; learning
+    rates whose metric is not finite (diverged) are never best, and a cell where all diverged
+    says so in its error."""
     tasks = {t.name: t for t in recipe.tasks}
     cells = defaultdict(lambda: defaultdict(list))
     errors = defaultdict(list)
@@ -44,7 +47,12 @@ def aggregate(recipe: Recipe, results: list[dict]) -> list[dict]:
             rows.append(row)
             continue
         score = {lr: statistics.mean(x["final"][metric] for x in rs) for lr, rs in by_lr.items()}
-        best = (max if higher else min)(score, key=score.get)
+        finite = {lr: v for lr, v in score.items() if math.isfinite(v)}
+        if not finite:  # every learning rate diverged: say so in the row, do not leave a blank
+            row["error"] = f"diverged: {metric} is {next(iter(score.values()))} at every learning rate tried {sorted(score)}"
+            rows.append(row)
+            continue
+        best = (max if higher else min)(finite, key=finite.get)
         rs = by_lr[best]
         mean, std = _mean_std([x["final"][metric] for x in rs])
         row.update({"value": mean, "std": std, "best_lr": best, "seeds": len(rs), "lrs_tried": len(by_lr),

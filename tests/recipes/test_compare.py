@@ -74,6 +74,14 @@ def test_best_learning_rate_rule_and_seed_spread():
     assert att["best_lr"] == 1e-2 and att["value"] == pytest.approx(0.7) and att["std"] == pytest.approx(0.2828, abs=1e-3)
     assert rows[("text", "attention")]["best_lr"] == 1e-2  # lower loss wins
     assert rows[("mqar", "gam")]["error"].startswith("Boom")
+    # a diverged learning rate (NaN) is never the best; a cell where every one diverged says so
+    nan = float("nan")
+    results = [_fake("text", "attention", 1e-3, 0, 2.0, "text"), _fake("text", "attention", 1e-2, 0, nan, "text"),
+               _fake("text", "gam", 1e-3, 0, nan, "text"), _fake("text", "gam", 1e-2, 0, nan, "text")]
+    r1 = Recipe.from_dict({**TINY, "lrs": [1e-3, 1e-2]})
+    rows = {(x["task"], x["mixer"]): x for x in aggregate(r1, results)}
+    assert rows[("text", "attention")]["best_lr"] == 1e-3 and rows[("text", "attention")]["value"] == 2.0
+    assert rows[("text", "gam")]["error"].startswith("diverged: val/loss is nan")
 
 
 def test_end_to_end_tiny_comparison_and_resume(tmp_path, capsys):
