@@ -25,6 +25,28 @@ def test_there_are_recipes():
     assert {"debug.yaml", "mqar/attention.yaml", "shakespeare/attention.yaml"} <= names
 
 
+@pytest.mark.parametrize("task", ["mqar", "shakespeare"])
+def test_one_recipe_per_mixer_at_matched_parameters(task):
+    """Every registered mixer has a recipe per task, within 1% of attention's non-embedding parameters."""
+    import torch
+    import yaml
+
+    from parazoo.arch import LanguageModel, ModelConfig
+
+    def non_embedding(path):
+        with torch.device("meta"):
+            m = LanguageModel(ModelConfig(**yaml.safe_load(path.read_text())["model"]["config"]))
+        emb = m.embed.weight.numel() + (m.head.weight.numel() if m.head is not None else 0)
+        return sum(p.numel() for p in m.parameters()) - emb
+
+    folder = RECIPES_DIR / task
+    assert {p.stem for p in folder.glob("*.yaml")} >= set(MIXERS), f"recipes/{task} lacks a recipe for some mixer"
+    base = non_embedding(folder / "attention.yaml")
+    for name in MIXERS:
+        n = non_embedding(folder / f"{name}.yaml")
+        assert abs(n - base) <= 0.01 * base, f"recipes/{task}/{name}.yaml: {n:,} non-embedding params vs {base:,}"
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[p.relative_to(RECIPES_DIR).as_posix() for p in RECIPES])
 def test_recipe_is_valid(path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # recipes name data files relative to the repository root
