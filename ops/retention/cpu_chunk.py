@@ -42,27 +42,29 @@ __all__ = ["chunk_fwd", "chunk_bwd", "parallel_fwd", "parallel_bwd"]
 _CACHED_MAX_C = 1024  # decay tables up to this chunk length are cached (parallel's T x T ones are not)
 
 
-def _build_decays(H: int, C: int, device, dt):
-    """q_dec (H, C, 1) = gamma^{j+1}; k_dec (H, C, 1) = gamma^{C-1-j}; D (H, C, C) = gamma^{n-m}, n >= m, else 0.
+def _build_decays(H: int, C: int, scale: float, device, dt):
+    """q_dec (H, C, 1) = gamma^{j+1}; k_dec (H, C, 1) = gamma^{C-1-j}; the same with the query scale
+    folded in: qs_dec = scale q_dec, Ds (H, C, C) = scale gamma^{n-m} for n >= m, else 0.
 
-    For a chunk of length L < C: q_dec[:, :L], k_dec[:, C-L:] (= gamma^{L-1-j}), D[:, :L, :L],
+    For a chunk of length L < C: q_dec[:, :L], k_dec[:, C-L:] (= gamma^{L-1-j}), Ds[:, :L, :L],
     and gamma^L = q_dec[:, L-1]."""
     lg = log_decay(H, device, dt).view(H, 1, 1)
     j = torch.arange(C, device=device, dtype=dt).view(1, C, 1)
     q_dec = torch.exp((j + 1) * lg)
     k_dec = torch.exp((C - 1 - j) * lg)
     diff = j - j.transpose(-1, -2)                                   # n - m, (1, C, C)
-    D = (diff * lg).masked_fill_(diff < 0, float("-inf")).exp_()     # in place: C x C can be T x T
-    return q_dec, k_dec, D
+    Ds = (diff * lg).masked_fill_(diff < 0, float("-inf")).exp_().mul_(scale)  # in place: C x C can be T x T
+    return q_dec, q_dec * scale, k_dec, Ds
 
 
 _cached_decays = functools.lru_cache(maxsize=16)(_build_decays)
 
 
-def _decays(H: int, C: int, device, dt):
+def _decays(H: int, C: int, scale: float, device, dt):
+    """The decay tables, built once per (H, C, scale, device, dtype) and shared by every chunk and call."""
     if C <= _CACHED_MAX_C:
-        return _cached_decays(H, C, torch.device(device), dt)
-    return _build_decays(H, C, device, dt)
+        return _cached_decays(H, C, float(scale), torch.device(device), dt)
+    return _build_decays(H, C, scale, device, dt)
 
 
 def _chunks(T: int, C: int):
@@ -103,8 +105,7 @@ def chunk_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
     V = v.shape[-1]
     dt = acc_dtype(q.dtype)
     C = min(chunk_size, T)
-    q_dec, k_dec, D = _decays(H, C, q.device, dt)
-    qs_dec = q_dec * scale                                           # (H, C, 1)
+    q_dec, qs_dec, k_dec, Ds = _decays(H, C, scale, q.device, dt)
     out_dtype = v.dtype
     q, k, v = _prepare(dt, q, k, v)
     o = torch.empty(B, T, H, V, dtype=dt, device=q.device)           # (B, T, H, V)
@@ -115,9 +116,9 @@ def chunk_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
         for i, (s, e) in enumerate(chunks):
             L = e - s
             Qi, Ki, Vi, Oi = _heads(q, b, s, e), _heads(k, b, s, e), _heads(v, b, s, e), _heads(o, b, s, e)
-            A = torch.bmm(Qi, Ki.transpose(1, 2)).mul_(D[:, :L, :L])     # (H, L, L), unscaled
+            A = torch.bmm(Qi, Ki.transpose(1, 2)).mul_(Ds[:, :L, :L])    # scale (Q K^T * D)  (H, L, L)
             torch.bmm(A, Vi, out=Oi)                                     # (H, L, V)
-            Oi.mul_(scale).baddbmm_(Qi * qs_dec[:, :L], S)               # + (scale Q gamma^{j+1}) S_i
+            Oi.baddbmm_(Qi * qs_dec[:, :L], S)                           # + (scale Q gamma^{j+1}) S_i
             if i + 1 < len(chunks) or want_ht:
                 S.mul_(q_dec[:, L - 1:L]).baddbmm_((Ki * k_dec[:, C - L:]).transpose(1, 2), Vi)
         if want_ht:
@@ -133,8 +134,7 @@ def chunk_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
     in_dtypes = (q.dtype, k.dtype, v.dtype)
     dt = acc_dtype(q.dtype)
     C = min(chunk_size, T)
-    q_dec, k_dec, D = _decays(H, C, q.device, dt)
-    qs_dec = q_dec * scale                                           # (H, C, 1)
+    q_dec, qs_dec, k_dec, Ds = _decays(H, C, scale, q.device, dt)
     q, k, v, do = _prepare(dt, q, k, v, do)
     dq = torch.empty(B, T, H, K, dtype=dt, device=q.device)
     dk = torch.empty(B, T, H, K, dtype=dt, device=q.device)
@@ -148,9 +148,9 @@ def chunk_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
             L = e - s
             Qi, Ki, Vi, dOi = _heads(q, b, s, e), _heads(k, b, s, e), _heads(v, b, s, e), _heads(do, b, s, e)
             dQi, dKi, dVi = _heads(dq, b, s, e), _heads(dk, b, s, e), _heads(dv, b, s, e)
-            Dl = D[:, :L, :L]
-            dA = torch.bmm(dOi, Vi.transpose(1, 2)).mul_(Dl).mul_(scale)   # scale (dO V^T * D)  (H, L, L)
-            A = torch.bmm(Qi, Ki.transpose(1, 2)).mul_(Dl).mul_(scale)     # scale (Q K^T * D)   (H, L, L)
+            Dl = Ds[:, :L, :L]
+            dA = torch.bmm(dOi, Vi.transpose(1, 2)).mul_(Dl)   # scale (dO V^T * D)  (H, L, L)
+            A = torch.bmm(Qi, Ki.transpose(1, 2)).mul_(Dl)     # scale (Q K^T * D)   (H, L, L)
             torch.bmm(dOi, S.transpose(1, 2), out=dQi)
             dQi.mul_(qs_dec[:, :L]).baddbmm_(dA, Ki)
             torch.bmm(dA.transpose(1, 2), Qi, out=dKi)
