@@ -137,6 +137,56 @@ def test_cpu_heads(H):
         _check(form, "cpu", 1, 40, H, 6, 5, torch.float64, True, True, 16)
 
 
+# The CPU chunk path: a loop over chunks on strided (H, C, D) views with a hand-written two-pass
+# backward and cached decay tables. Its backward against the reference's autograd, in float32 and
+# float64: several chunks plus a shorter last one (T not a multiple of the chunk), one chunk, a
+# chunk longer than T, with and without initial_state / final state (their gradients), B > 1
+# (every batch row its own state), a non-default scale.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T,chunk_size", [(37, 8), (33, 16), (16, 16), (5, 128), (130, 128)])
+@pytest.mark.parametrize("use_h0,want_ht", [(True, True), (False, False), (True, False), (False, True)])
+def test_cpu_chunk_backward_matches_reference_autograd(dtype, T, chunk_size, use_h0, want_ht):
+    _check("chunk", "cpu", 2, T, 3, 6, 10, dtype, use_h0, want_ht, chunk_size, scale=0.7)
+
+
+def test_cpu_chunk_decay_tables_cached_per_scale():
+    """The cached decay tables carry the scale: calls with different scales (same H, chunk) stay right."""
+    for scale in (0.3, 1.7, 0.3):
+        _check("chunk", "cpu", 1, 21, 2, 4, 4, torch.float64, True, True, 8, scale=scale)
+
+
+def test_cpu_chunk_strided_inputs():
+    """q, k, v as non-contiguous views (a time-reversed flip and a head-dim slice) give the same result."""
+    q, k, v, h0, do, dht = _inputs(2, 19, 2, 6, 10, torch.float64, True)
+    qs = torch.randn(2, 19, 2, 12, dtype=torch.float64)[..., ::2].requires_grad_()   # stride 2 in K
+    kt = k.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()     # batch-minor layout
+    got = _run("chunk", "cpu", (qs, kt, v, h0, do, dht), True, 8)
+    want = _run("chunk", "ref", (qs, kt, v, h0, do, dht), True, 8)
+    for name, a, e in zip(("o", "final_state", "dq", "dk", "dv", "dh0"), got, want):
+        assert_close(a, e, name=name)
+
+
+def test_cpu_chunk_under_autocast_computes_in_float32():
+    """Under CPU autocast (bfloat16) the chunk path keeps float32 inputs in float32: same as without."""
+    inputs = _inputs(1, 20, 2, 8, 8, torch.float32, True)
+    want = _run("chunk", "cpu", inputs, True, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _run("chunk", "cpu", inputs, True, 8)
+    for name, a, e in zip(("o", "final_state", "dq", "dk", "dv", "dh0"), got, want):
+        assert a.dtype == e.dtype, name
+        assert_close(a, e, name=name)
+
+
+def test_gradcheck_float64_chunk_batch_rows():
+    """Two batch rows with their own initial states, three chunks with a shorter last one, scale 0.6."""
+    torch.manual_seed(2)
+    q, k = (torch.randn(2, 5, 2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(2, 5, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 3, 2, dtype=torch.float64, requires_grad=True)
+    fn = lambda q, k, v, h0: chunk_retention(q, k, v, 0.6, h0, True, 2, backend="cpu")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v, h0))
+
+
 # Triton in the interpreter is slow: small shapes here, larger ones in the slow tier.
 TRITON_CASES = [  # form, B, T, H, K, V, dtype, use_h0, want_ht, chunk_size
     ("chunk", 1, 1, 2, 8, 8, torch.float64, True, True, 64),
