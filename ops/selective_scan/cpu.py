@@ -49,14 +49,13 @@ def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id
     y = torch.empty(batch, dim, L, dtype=dt)
     last = torch.zeros(batch, nseq, dim, N, dtype=dt)
     ckpt = torch.empty(batch, dim, -(-L // CHUNK), N, dtype=dt) if need_ckpt else torch.empty(0, dtype=dt)
+    Bt, Ct = (_c(X.transpose(-1, -2), dt) for X in (B, C))            # (b, G, L, N), alive across the call
     blk = _blocked(u, A, B, C, dt)
-    if blk is not None:                                                 # B, C read as they are, (b, G, N, L)
-        B_, C_ = _c(B, dt), _c(C, dt)                                   # (kept alive across the call)
-        blk.ss_fwd_blk_f32(ptr(u_), ptr(dl_), ptr(A_), ptr(B_), ptr(C_), ptr(D_), ptr(z_), ptr(db_),
+    if blk is not None:
+        blk.ss_fwd_blk_f32(ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
                            ptr(h0_), ptr(reset), ptr(end_id), ptr(y), ptr(last), ptr(ckpt) if need_ckpt else None,
                            batch, dim, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
         return y, last, ckpt
-    Bt, Ct = (_c(X.transpose(-1, -2), dt) for X in (B, C))            # (b, G, L, N)
     getattr(lib, "ss_fwd_f64" if dt == torch.float64 else "ss_fwd_f32")(
         ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(h0_), ptr(reset), ptr(end_id),
         ptr(y), ptr(last), ptr(ckpt) if need_ckpt else None,
@@ -76,15 +75,14 @@ def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, 
     dD = torch.empty(batch, dim, dtype=dt)
     dz = torch.empty_like(u_) if z is not None else None
     dh0 = torch.empty(batch, dim, N, dtype=dt) if h0 is not None else None
+    Bt, Ct = (_c(X.transpose(-1, -2), dt) for X in (B, C))            # (b, G, L, N)
     blk = _blocked(u, A, B, C, dt)
     if blk is not None:
-        B_, C_ = _c(B, dt), _c(C, dt)
-        blk.ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(A_), ptr(B_), ptr(C_), ptr(D_), ptr(z_), ptr(db_),
+        blk.ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
                            ptr(reset), ptr(end_id), ptr(ck), ptr(do_), ptr(dlast_),
                            ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0),
                            batch, dim, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
     else:
-        Bt, Ct = (_c(X.transpose(-1, -2), dt) for X in (B, C))        # (b, G, L, N)
         getattr(lib, "ss_bwd_f64" if dt == torch.float64 else "ss_bwd_f32")(
             ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(reset), ptr(end_id),
             ptr(ck), ptr(do_), ptr(dlast_),

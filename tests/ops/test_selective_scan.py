@@ -150,7 +150,7 @@ def test_blocked_cases_run_the_blocked_kernel():
 
 
 H0_CASES = {  # initial_state; T37: more than one 16-step tile in the interpreter
-    "T37_h0": (2, 3, 37, 4, None, None, True, True, True, True),
+    "T37_h0": (2, 2, 37, 4, None, None, True, True, True, True),
     "T1_h0_no_softplus": (1, 2, 1, 3, 2, None, True, False, True, False),
 }
 
@@ -257,6 +257,14 @@ def test_cu_seqlens_packed_equals_separate(backend):
     sep_grads = torch.autograd.grad(sep_loss, leaves)
     for k, a, e in zip([k for k, v in inputs.items() if v is not None], packed_grads, sep_grads):
         assert_close(a, e, name=f"d{k} packed vs separate")
+
+
+def test_cu_seqlens_blocked_kernel(cpu_backend):
+    """Packed sequences on the channel-blocked kernels (float32, N = 16, 16 channels), forward and gradients."""
+    cu = torch.tensor([0, 5, 5, 75, 76, 90], dtype=torch.int32)
+    inputs = _inputs(1, 16, 90, 16, G=1, dtype=torch.float32)
+    _compare(_run(inputs, cpu_backend, True, cu_seqlens=cu), _run(inputs, "reference", True, cu_seqlens=cu, cast=torch.float64),
+             torch.float32)
 
 
 @pytest.mark.parametrize("grouped", [False, True])
