@@ -35,6 +35,23 @@ from .state import check_mixer_input, check_state, state_dtype
 __all__ = ["Mamba2"]
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands a contiguous gradient on (the conv output's gradient would
+    otherwise arrive as a transposed view)."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.contiguous()
+
+
+def _contiguous_grad(t: torch.Tensor) -> torch.Tensor:
+    return _ContiguousGrad.apply(t) if t.requires_grad else t
+
+
 @register_mixer("mamba2")
 class Mamba2(nn.Module):
     def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64,
@@ -114,11 +131,15 @@ class Mamba2(nn.Module):
         from parazoo.ops import causal_conv1d, ssd_scan
 
         z, xbc, dt = self._split_in(self.in_proj(x))                           # (B, T, .)
-        xbc_t = xbc.transpose(1, 2)                                           # (B, conv_dim, T)
+        # Contiguous copies around the conv (each one pass over xBC): a strided (B, conv_dim, T) view as
+        # input, or as the gradient of the output, makes the CPU depthwise conv and its backward 2-3x
+        # slower, and a transposed conv output would hand ssd_scan x, B, C with element stride T.
+        xbc_t = xbc.transpose(1, 2).contiguous()                              # (B, conv_dim, T)
         prev = None if state is None else state["conv_state"].to(xbc.dtype)
         init = None if prev is None else prev[:, :, 1:]                       # (B, conv_dim, d_conv - 1)
         xc = causal_conv1d(xbc_t, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
-                           initial_states=init).transpose(1, 2)               # (B, T, conv_dim)
+                           initial_states=init)
+        xc = _contiguous_grad(xc).transpose(1, 2).contiguous()                # (B, T, conv_dim)
         xs, Bm, Cm = self._split_xbc(xc)
         H, P, G, N = self.nheads, self.headdim, self.ngroups, self.d_state
         A, D, dt_bias = self._ssm_params()

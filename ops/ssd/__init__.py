@@ -13,10 +13,10 @@ uses min(chunk_size, 64), the Triton kernels max(chunk_size, 16)).
 every boundary. Then ``initial_states`` and the returned final states are per sequence:
 (n_seqs, H, P, N). (mamba_ssm takes seq_idx instead; cu_seqlens is the same information.)
 
-Paths (``backend=``): "reference" = sequential loop (reference.py); "cpu" = chunked torch
-(cpu.py); "triton" = Triton kernels (triton_*.py), registered as the custom op
-``parazoo::ssd_scan`` with a fake and an autograd formula so that it works under torch.compile.
-The CPU path is plain differentiable torch, which torch.compile traces directly.
+Paths (``backend=``): "reference" = sequential loop (reference.py); "cpu" = chunked torch with a
+hand-written chunked backward (cpu.py, cpu_bwd.py; a torch.autograd.Function, which torch.compile
+handles); "triton" = Triton kernels (triton_*.py), registered as the custom op ``parazoo::ssd_scan``
+with a fake and an autograd formula so that it works under torch.compile.
 Returns y (b, L, H, P) in x's dtype [, final_states float32 (float64 for float64 x)].
 """
 from __future__ import annotations
@@ -32,9 +32,10 @@ from .reference import dt_preprocess, ssd_scan_reference
 __all__ = ["ssd_scan"]
 
 OP = "ssd_scan"
-# The CPU path cuts chunks of at most 64 positions: its Q x Q work grows with the chunk, and 64 measured
-# 2.6x faster than 256 at the Mamba-2 130M shape on a 2-core CPU (32 was slower again). The chunk size
-# never changes the result.
+# The CPU path cuts chunks of at most 64 positions whatever chunk_size asks (mamba_ssm's default is 256):
+# its Q x Q work grows with the chunk, and 64 measured 2.6x faster than 256 at the Mamba-2 130M shape on
+# a 2-core CPU (32 and 128 slower again, also with the hand-written backward). The chunk size never
+# changes the result.
 CPU_MAX_CHUNK = 64
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

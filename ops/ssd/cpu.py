@@ -8,19 +8,20 @@ sum restarted at every chunk; xdt_j = dt'_j x_j):
     states:  S_c  = sum_j exp(s_{Q-1} - s_j) xdt_j B_j^T                (P, N) per head
     passing: H_{c+1} = exp(s_{Q-1}) H_c + S_c,  H = initial state at a sequence's first chunk
     inter:   Y_i += exp(s_i) H_c C_i
-    (D x and the silu(z) gate are applied by the caller, ops/ssd/__init__.py.)
+    output:  Y_i += D x_i        (the silu(z) gate is applied by the caller, ops/ssd/__init__.py)
 
 L_ij = exp(s_i - s_j) is formed only for i >= j (masked to -inf before exp), so no exp of a large
-positive number appears. Layouts (one job each, no per-head copies of B, C):
-* intra-chunk: head-major (S, Cs, H, Q, Q) masks times (S, Cs, H, Q, P) inputs, one batched matmul;
-* states, inter-chunk and their gradients: token layout, heads in the matmul's column dimension:
-  per group g, (Q, N) x (N, R*P) with the state kept transposed as (N, R*P) (R = H / G heads
+positive number appears. Layouts (no per-head copies of B and C):
+* intra-chunk: head-major (.., H, Q, Q) masks times (.., H, Q, P) inputs, one batched matmul;
+* states, inter-chunk and their gradients: token layout with the heads in the matmul's column
+  dimension: per group g, (Q, N) x (N, R*P), the state kept transposed as (N, R*P) (R = H / G heads
   share the group's B and C), so B and C are read once per group, never expanded per head;
-* passing: a loop over chunks (not over time) of one fused multiply-add on (G, S, N, R, P).
-The backward (``cpu_bwd.py``) mirrors these steps: a reverse loop over chunks for the state
-gradients, the same batched matmuls transposed, and the decay gradients gathered as ds_i and turned
-into d(dt' A) by a reverse cumulative sum. Saved for backward: the inputs and one (N, R*P) state per
-chunk and head; the Q x Q masks are recomputed. Peak memory is O(L * H * Q + (L / Q) * H * P * N).
+* passing: a loop over chunks (never over time) of one fused multiply-add on (G, S, N, R, P).
+The work runs over blocks of chunks (``BLOCK_ELEMS`` numbers per temporary): small temporaries stay
+in cache and are recycled by the allocator (a fresh 50 MB tensor per step costs more in page faults
+than the arithmetic on it). The backward (``cpu_bwd.py``) mirrors the forward block by block in
+reverse. Saved for backward: the inputs and the (N, R*P) state entering each chunk; the Q x Q masks
+are recomputed. Peak memory is O(block * H * Q * Q + (L / Q) * H * P * N).
 Accumulation is float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
@@ -29,17 +30,25 @@ import torch
 
 from .layout import ChunkLayout
 
-__all__ = ["ssd_chunked", "compute_dtype", "SSDChunks", "stack_groups"]
+__all__ = ["ssd_chunked", "compute_dtype", "SSDChunks", "ChunkBlock", "stack_groups", "BLOCK_ELEMS"]
+
+# numbers per block temporary (e.g. the (K, H, Q, Q) masks of K chunks): about 4 MB in float32
+BLOCK_ELEMS = 1 << 20
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-class SSDChunks:
-    """Packed, chunked views of the inputs plus the small per-chunk quantities both passes use."""
+def stack_groups(parts: list, dim: int) -> torch.Tensor:
+    """Per-group results -> one tensor with a group dimension at ``dim`` (no copy when G = 1)."""
+    return torch.stack(parts, dim) if len(parts) > 1 else parts[0].unsqueeze(dim)
 
-    def __init__(self, x, dtp, A, B, C, layout: ChunkLayout):
+
+class SSDChunks:
+    """Packed, chunked views of the inputs, chunk metadata and the state layout helpers."""
+
+    def __init__(self, x, dtp, A, B, C, D, layout: ChunkLayout):
         S, Cs, Q = layout.S, layout.Cs, layout.Q
         self.layout = layout
         self.H, self.P = x.shape[2], x.shape[3]
@@ -51,133 +60,159 @@ class SSDChunks:
         self.Bq = layout.pack(B.to(cdt)).reshape(S, Cs, Q, self.G, self.N)          # (S, Cs, Q, G, N)
         self.Cq = layout.pack(C.to(cdt)).reshape(S, Cs, Q, self.G, self.N)
         self.A = A.to(cdt)
-        self.s = (self.dtq * self.A).cumsum(2)                                     # (S, Cs, Q, H) s_i
-        self.s_end = self.s[:, :, -1]                                               # (S, Cs, H)
-        self.w = torch.exp(self.s_end[:, :, None] - self.s)                         # (S, Cs, Q, H) exp(s_end - s_j)
-        self.first = [False] * Cs                                                   # chunk starts a sequence
-        self.last = [False] * Cs                                                    # chunk ends a sequence
+        self.D = None if D is None else (D[:, None] if D.dim() == 1 else D).to(cdt)   # (H, 1) | (H, P)
+        self.first, self.last, self.seq = [False] * Cs, [False] * Cs, layout.chunk_seq[0].tolist()
         for _, c in layout.starts:
-            self.first[c] = True
+            self.first[c] = True                                                    # chunk starts a sequence
         for _, c in layout.ends:
-            self.last[c] = True
+            self.last[c] = True                                                     # chunk ends a sequence
+        per_chunk = S * self.H * Q * max(Q, self.P, self.N)
+        self.K = max(1, BLOCK_ELEMS // per_chunk)                                   # chunks per block
 
-    # -- views ------------------------------------------------------------------------------------
+    def blocks(self) -> list:
+        Cs = self.layout.Cs
+        return [(c0, min(c0 + self.K, Cs)) for c0 in range(0, Cs, self.K)]
+
+    def block(self, c0: int, c1: int) -> "ChunkBlock":
+        return ChunkBlock(self, c0, c1)
+
+    def state_slot(self, states: torch.Tensor, c: int) -> torch.Tensor:
+        """Entry of a per-sequence (G, n, N, R, P) state tensor for the sequence of chunk c, as
+        (G, S, N, R, P): all rows when dense (n = S), the chunk's sequence when packed (S = 1)."""
+        return states if self.layout.pos is None else states[:, self.seq[c]][:, None]
+
+    def state_t(self, st: torch.Tensor) -> torch.Tensor:
+        """(n, H, P, N) states -> transposed layout (G, n, N, R, P) (a view)."""
+        return st.reshape(st.shape[0], self.G, self.R, self.P, self.N).permute(1, 0, 4, 2, 3)
+
+    def state_untransposed(self, st: torch.Tensor) -> torch.Tensor:
+        """(G, n, N, R, P) -> (n, H, P, N) contiguous."""
+        return st.permute(1, 0, 3, 4, 2).reshape(st.shape[1], self.H, self.P, self.N)
+
+
+class ChunkBlock:
+    """Chunks c0 .. c1-1 of every row: sliced inputs, in-chunk decays and the per-block products."""
+
+    def __init__(self, k: SSDChunks, c0: int, c1: int):
+        self.k, self.c0, self.c1 = k, c0, c1
+        self.xq, self.dtq = k.xq[:, c0:c1], k.dtq[:, c0:c1]                        # (S, K, Q, H, P), (S, K, Q, H)
+        self.Bq, self.Cq = k.Bq[:, c0:c1], k.Cq[:, c0:c1]                           # (S, K, Q, G, N)
+        self.s = (self.dtq * k.A).cumsum(2)                                         # (S, K, Q, H) s_i
+        self.s_end = self.s[:, :, -1]                                               # (S, K, H)
+        self.w = torch.exp(self.s_end[:, :, None] - self.s)                         # exp(s_end - s_j)
+        self.e = torch.exp(self.s)                                                  # exp(s_i)
+        S, K = self.s.shape[:2]
+        # exp(s_end) in the transposed-state layout: (G, S, K, 1, R, 1)
+        self.dec = torch.exp(self.s_end).reshape(S, K, k.G, k.R).permute(2, 0, 1, 3)[:, :, :, None, :, None]
+
     def group(self, t: torch.Tensor, g: int) -> torch.Tensor:
-        """(S, Cs, Q, G, K) token-layout tensor -> group g as a batch of (Q, K) matrices (S*Cs, Q, K);
-        for x-like tensors K = R*P (the group's heads side by side)."""
-        S, Cs, Q = t.shape[:3]
-        return t.reshape(S, Cs, Q, self.G, -1)[:, :, :, g].reshape(S * Cs, Q, -1)
+        """(S, K, Q, G, X) token-layout tensor -> group g as a batch of (Q, X) matrices (S*K, Q, X);
+        for x-like tensors X = R*P (the group's heads side by side)."""
+        S, K, Q = t.shape[:3]
+        return t.reshape(S, K, Q, self.k.G, -1)[:, :, :, g].reshape(S * K, Q, -1)
+
+    def state_mats(self, st: torch.Tensor, g: int) -> torch.Tensor:
+        """(G, S, K, N, R, P) states -> group g as (S*K, N, R*P) matrices."""
+        S, K = st.shape[1:3]
+        return st[g].reshape(S * K, self.k.N, -1)
 
     def head_major(self, t: torch.Tensor) -> torch.Tensor:
-        """(S, Cs, Q, H, P) -> contiguous (S, Cs, H, Q, P)."""
+        """(S, K, Q, H, P) -> contiguous (S, K, H, Q, P)."""
         return t.permute(0, 1, 3, 2, 4).contiguous()
 
+    def xdt_heads(self) -> torch.Tensor:
+        """dt' x, head-major (S, K, H, Q, P)."""
+        S, K, Q, H, P = self.xq.shape
+        out = self.xq.new_empty(S, K, H, Q, P)
+        return torch.mul(self.xq.permute(0, 1, 3, 2, 4), self.dtq.transpose(2, 3)[..., None], out=out)
+
+    def xw(self) -> torch.Tensor:
+        """exp(s_end - s_j) dt'_j x_j, token layout (S, K, Q, H, P)."""
+        return self.xq * (self.dtq * self.w)[..., None]
+
     def decay_mask(self) -> torch.Tensor:
-        """L (S, Cs, H, Q, Q): exp(s_i - s_j) for i >= j, else 0 (masked before exp)."""
-        sh = self.s.transpose(2, 3).contiguous()                                    # (S, Cs, H, Q)
+        """L (S, K, H, Q, Q): exp(s_i - s_j) for i >= j, else 0 (masked before exp)."""
+        sh = self.s.transpose(2, 3).contiguous()                                    # (S, K, H, Q)
         seg = sh[..., :, None] - sh[..., None, :]
         Q = sh.shape[-1]
         upper = torch.ones(Q, Q, dtype=torch.bool, device=seg.device).triu_(1)
         return seg.masked_fill_(upper, float("-inf")).exp_()
 
     def cb(self) -> torch.Tensor:
-        """C B^T per chunk and group: (S, Cs, G, Q, Q)."""
-        S, Cs, Q = self.s.shape[:3]
-        out = [torch.bmm(self.group(self.Cq, g), self.group(self.Bq, g).transpose(1, 2)) for g in range(self.G)]
-        return torch.stack(out, 1).reshape(S, Cs, self.G, Q, Q) if self.G > 1 else out[0].reshape(S, Cs, 1, Q, Q)
+        """C B^T per chunk and group, shaped to broadcast over the group's heads: (S, K, G, 1, Q, Q)."""
+        S, K, Q = self.s.shape[:3]
+        out = [torch.bmm(self.group(self.Cq, g), self.group(self.Bq, g).transpose(1, 2)) for g in range(self.k.G)]
+        return stack_groups(out, 1).reshape(S, K, self.k.G, 1, Q, Q)
 
-    def heads_of(self, t: torch.Tensor) -> torch.Tensor:
-        """(S, Cs, G, Q, Q) group tensor -> (S, Cs, G, 1, Q, Q), broadcasting over the group's heads."""
-        return t[:, :, :, None]
-
-    def chunk_decay(self) -> torch.Tensor:
-        """exp(s_end) per chunk and head in the transposed-state layout: (G, S, Cs, 1, R, 1)."""
-        S, Cs = self.s.shape[:2]
-        return torch.exp(self.s_end).reshape(S, Cs, self.G, self.R).permute(2, 0, 1, 3)[:, :, :, None, :, None]
-
-    def state_t(self, st: torch.Tensor) -> torch.Tensor:
-        """(n, H, P, N) states -> transposed layout (G, n, N, R, P) (a view)."""
-        n = st.shape[0]
-        return st.reshape(n, self.G, self.R, self.P, self.N).permute(1, 0, 4, 2, 3)
-
-    def state_untransposed(self, st: torch.Tensor) -> torch.Tensor:
-        """(G, n, N, R, P) -> (n, H, P, N) contiguous."""
-        n = st.shape[1]
-        return st.permute(1, 0, 3, 4, 2).reshape(n, self.H, self.P, self.N)
-
-    def ends(self):
-        e = torch.tensor(self.layout.ends, dtype=torch.long, device=self.s.device).reshape(-1, 2)
-        return e[:, 0], e[:, 1]
-
-
-def stack_groups(parts: list, dim: int) -> torch.Tensor:
-    """Per-group results -> one tensor with a group dimension at ``dim`` (no copy when G = 1)."""
-    return torch.stack(parts, dim) if len(parts) > 1 else parts[0].unsqueeze(dim)
+    def masked_cb(self, L: torch.Tensor, CB: torch.Tensor) -> torch.Tensor:
+        """(C B^T * L) per head, (S, K, H, Q, Q); in place in L."""
+        S, K, H, Q = L.shape[:4]
+        L.view(S, K, self.k.G, self.k.R, Q, Q).mul_(CB)
+        return L
 
 
 def _forward(k: SSDChunks, initial_states):
-    """Returns y (b, L, H, P) in compute dtype, finals (n, H, P, N) and the per-chunk entering states
-    Hts (G, S, Cs, N, R, P) (transposed) for the backward."""
+    """Returns y (b, L, H, P) in compute dtype, finals (n, H, P, N) and the states entering every
+    chunk Hts (G, S, Cs, N, R, P) (transposed) for the backward."""
     lay = k.layout
     S, Cs, Q = lay.S, lay.Cs, lay.Q
     G, R, P, N, H = k.G, k.R, k.P, k.N, k.H
-
-    # intra-chunk (head-major): (C B^T * L) Xdt
-    M = k.decay_mask()                                                               # (S, Cs, H, Q, Q)
-    M.view(S, Cs, G, R, Q, Q).mul_(k.heads_of(k.cb()))
-    xdt_h = k.head_major(k.xq * k.dtq[..., None])                                   # (S, Cs, H, Q, P)
-    y_intra = torch.matmul(M, xdt_h)                                                # (S, Cs, H, Q, P)
-    del M, xdt_h
-
-    # chunk states, transposed: St[g] = B_g^T (w * Xdt)_g  (N, R*P) per chunk
-    xw = k.xq * (k.dtq * k.w)[..., None]                                            # (S, Cs, Q, H, P)
-    St = torch.stack([torch.bmm(k.group(k.Bq, g).transpose(1, 2), k.group(xw, g)) for g in range(G)])
-    St = St.reshape(G, S, Cs, N, R, P)
-    del xw
-
-    # passing over chunks: Hts[:, :, c] = state entering chunk c
-    dec = k.chunk_decay()                                                            # (G, S, Cs, 1, R, 1)
-    Hts = St.new_empty(G, S, Cs, N, R, P)
-    init_t = None if initial_states is None else k.state_t(initial_states.to(k.cdt))  # (G, n, N, R, P)
-    for c in range(Cs):
-        if k.first[c]:
-            if init_t is None:
-                Hts[:, :, c].zero_()
-            elif lay.pos is None:
-                Hts[:, :, c] = init_t
+    y = k.xq.new_empty(S, Cs, Q, H, P)
+    Hts = k.xq.new_empty(G, S, Cs, N, R, P)
+    finals = k.xq.new_empty(G, lay.n_seqs, N, R, P)
+    init_t = None if initial_states is None else k.state_t(initial_states.to(k.cdt))    # (G, n, N, R, P)
+    nxt = None                                                                      # state leaving the last chunk
+    for c0, c1 in k.blocks():
+        b = k.block(c0, c1)
+        # intra-chunk (head-major): (C B^T * L) Xdt
+        y_intra = torch.matmul(b.masked_cb(b.decay_mask(), b.cb()), b.xdt_heads())   # (S, K, H, Q, P)
+        # chunk states, transposed: St[g] = B_g^T (w Xdt)_g, (N, R*P) per chunk
+        xw = b.xw()
+        St = stack_groups([torch.bmm(b.group(b.Bq, g).transpose(1, 2), b.group(xw, g)) for g in range(G)], 0)
+        St = St.view(G, S, c1 - c0, N, R, P)
+        del xw
+        # passing: Hts[:, :, c] = state entering chunk c
+        for j, c in enumerate(range(c0, c1)):
+            Hc = Hts[:, :, c]
+            if not k.first[c]:
+                Hc.copy_(nxt)
+            elif init_t is None:
+                Hc.zero_()
             else:
-                Hts[:, 0, c] = init_t[:, int(lay.chunk_seq[0, c])]
-        else:
-            torch.addcmul(St[:, :, c - 1], Hts[:, :, c - 1], dec[:, :, c - 1], out=Hts[:, :, c])
-    es, ec = k.ends()
-    finals = Hts[:, es, ec] * dec[:, es, ec] + St[:, es, ec]                         # (G, n, N, R, P)
-
-    # inter-chunk (token layout): Y_i += exp(s_i) C_i H_c, per group (Q, N) x (N, R*P)
-    Z = [torch.bmm(k.group(k.Cq, g), Hts[g].reshape(S * Cs, N, R * P)) for g in range(G)]
-    Z = stack_groups(Z, 2)                                                           # (S*Cs, Q, G, R*P)
-    y = Z.reshape(S, Cs, Q, H, P).mul_(torch.exp(k.s)[..., None])
-    y += y_intra.permute(0, 1, 3, 2, 4)
-    y = lay.unpack(y.reshape(S, Cs * Q, H, P))                                       # (b, L, H, P)
+                Hc.copy_(k.state_slot(init_t, c))
+            nxt = torch.addcmul(St[:, :, j], Hc, b.dec[:, :, j])
+            if k.last[c]:
+                k.state_slot(finals, c).copy_(nxt)
+        # inter-chunk (token layout): exp(s_i) C_i H_c, per group (Q, N) x (N, R*P)
+        Hb = Hts[:, :, c0:c1]
+        yb = stack_groups([torch.bmm(b.group(b.Cq, g), b.state_mats(Hb, g)) for g in range(G)], 2)
+        yb = yb.view(S, c1 - c0, Q, H, P).mul_(b.e[..., None])
+        yb += y_intra.permute(0, 1, 3, 2, 4)
+        if k.D is not None:
+            yb.addcmul_(b.xq, k.D)
+        y[:, c0:c1] = yb
+    y = lay.unpack(y.view(S, Cs * Q, H, P))                                         # (b, L, H, P)
     return y, k.state_untransposed(finals), Hts
 
 
 class _SSDChunkedFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dtp, A, B, C, initial_states, layout):
-        k = SSDChunks(x, dtp, A, B, C, layout)
+    def forward(ctx, x, dtp, A, B, C, D, initial_states, layout):
+        k = SSDChunks(x, dtp, A, B, C, D, layout)
         y, finals, Hts = _forward(k, initial_states)
-        ctx.save_for_backward(x, dtp, A, B, C, initial_states, Hts)
+        ctx.save_for_backward(x, dtp, A, B, C, D, initial_states, Hts)
         ctx.layout = layout
-        return y.contiguous(), finals                                              # compute dtype
+        return y.contiguous(), finals                                               # compute dtype
 
     @staticmethod
     def backward(ctx, dy, dfinal):
         from .cpu_bwd import ssd_chunked_backward
 
-        x, dtp, A, B, C, initial_states, Hts = ctx.saved_tensors
-        k = SSDChunks(x, dtp, A, B, C, ctx.layout)
-        dx, ddt, dA, dB, dC, dinit = ssd_chunked_backward(k, Hts, dy, dfinal, initial_states is not None)
+        x, dtp, A, B, C, D, initial_states, Hts = ctx.saved_tensors
+        k = SSDChunks(x, dtp, A, B, C, D, ctx.layout)
+        dx, ddt, dA, dB, dC, dD, dinit = ssd_chunked_backward(k, Hts, dy, dfinal, initial_states is not None)
         return (dx.to(x.dtype), ddt.to(dtp.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+                None if D is None else (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype),
                 None if dinit is None else dinit.to(initial_states.dtype), None)
 
 
@@ -185,10 +220,7 @@ def ssd_chunked(x, dtp, A, B, C, D, z, initial_states, layout: ChunkLayout):
     """x: (b, L, H, P); dtp: (b, L, H) preprocessed dt'; A: (H,); B, C: (b, L, G, N);
     D: (H,) | (H, P) | None; z: (b, L, H, P) | None; initial_states: (n_seqs, H, P, N) | None.
     Returns y (b, L, H, P) in x.dtype and final states (n_seqs, H, P, N) in the compute dtype."""
-    y, final = _SSDChunkedFn.apply(x, dtp, A, B, C, initial_states, layout)    # y in the compute dtype
-    cdt = y.dtype
-    if D is not None:
-        y = y + (D[:, None] if D.dim() == 1 else D).to(cdt) * x.to(cdt)
+    y, final = _SSDChunkedFn.apply(x, dtp, A, B, C, D, initial_states, layout)  # y in the compute dtype
     if z is not None:
-        y = y * torch.nn.functional.silu(z.to(cdt))
+        y = y * torch.nn.functional.silu(z.to(y.dtype))
     return y.to(x.dtype), final

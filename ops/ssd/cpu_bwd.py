@@ -3,7 +3,7 @@
 Forward per chunk (notation of cpu.py; ' = transpose, e_i = exp(s_i), w_j = exp(s_end - s_j),
 Z = C H_c' so that Y_inter = e * Z):
 
-    Y = (C B' * L) Xdt + e * (C H_c'),   S_c = (w * Xdt)' B,   H_{c+1} = exp(s_end) H_c + S_c
+    Y = (C B' * L) Xdt + e * (C H_c') + D x,   S_c = (w * Xdt)' B,   H_{c+1} = exp(s_end) H_c + S_c
 
 Given dY and the gradient of the final states, with U = B dS_c' and dM = dY Xdt':
 
@@ -13,112 +13,130 @@ Given dY and the gradient of the final states, with U = B dS_c' and dM = dY Xdt'
     states:  dXdt += w * U;   dB += (w * Xdt) dS_c';   t_j = sum_p U_jp (w Xdt)_jp: ds_j -= t_j, ds_end += sum_j t_j
     intra:   dXdt += (C B' * L)' dY;   T = dM * L;   dCB = sum over the group's heads of T;
              dC += dCB B;  dB += dCB' C;  T *= CB:  ds_i += sum_j T_ij,  ds_j -= sum_i T_ij
-    inputs:  dx = dt' dXdt;  d dt' = sum_p x dXdt + A da;  dA = sum dt' da,  da = reverse cumsum of ds
+    inputs:  dx = dt' dXdt + D dY;  dD = sum x dY;  d dt' = sum_p x dXdt + A da;  dA = sum dt' da,
+             da = reverse cumulative sum of ds within the chunk
 
-A reverse loop over chunks (never over time) carries the state gradient; everything else is the
-forward's batched matmuls transposed, in the same layouts (B and C never expanded per head).
+Blocks of chunks run in reverse order; a loop over the block's chunks (never over time) carries the
+state gradient; everything else is the forward's batched matmuls transposed, in the same layouts
+(B and C never expanded per head).
 """
 from __future__ import annotations
 
 import torch
 
-from .cpu import SSDChunks, stack_groups
+from .cpu import ChunkBlock, SSDChunks, stack_groups
 
 __all__ = ["ssd_chunked_backward"]
+
+
+def _inter_and_passing(b: ChunkBlock, Hb, dyb, dfin_t, carry, dinit_t):
+    """Inter-chunk and passing gradients of one block. Hb: (G, S, K, N, R, P) entering states;
+    carry: gradient of the state entering chunk c1 (None at the end). Returns ds (S, K, Q, H),
+    dC parts per group (S*K, Q, N), dSt (G, S, K, N, R, P) = gradients of the states leaving each
+    chunk, ds_end (S, K, H) and the new carry (gradient of the state entering chunk c0)."""
+    k = b.k
+    G, R, P, N = k.G, k.R, k.P, k.N
+    S, K, Q = dyb.shape[:3]
+    dZ = dyb * b.e[..., None]                                                        # (S, K, Q, H, P)
+    dHt = Hb.new_empty(G, S, K, N, R * P)
+    ds_parts, dC_parts = [], []
+    for g in range(G):
+        Hg, Cg, dZg = b.state_mats(Hb, g), b.group(b.Cq, g), b.group(dZ, g)         # (S*K, N, RP), (S*K, Q, .)
+        ds_parts.append(torch.bmm(Cg, Hg).mul_(dZg).view(S, K, Q, R, P).sum(-1))    # (S, K, Q, R)
+        dC_parts.append(torch.bmm(dZg, Hg.transpose(1, 2)))                         # (S*K, Q, N)
+        dHt[g] = torch.bmm(Cg.transpose(1, 2), dZg).view(S, K, N, R * P)
+    del dZ
+    dHt = dHt.view(G, S, K, N, R, P)
+    dSt = torch.empty_like(dHt)
+    for j in reversed(range(K)):
+        c = b.c0 + j
+        if not k.last[c]:
+            dSt[:, :, j] = carry
+        elif dfin_t is None:
+            dSt[:, :, j].zero_()
+        else:
+            dSt[:, :, j] = k.state_slot(dfin_t, c)
+        carry = dHt[:, :, j].addcmul_(dSt[:, :, j], b.dec[:, :, j])
+        if k.first[c] and dinit_t is not None:
+            k.state_slot(dinit_t, c).copy_(carry)
+    ds_end = (Hb * dSt).sum((3, 5)).mul_(b.dec[:, :, :, 0, :, 0])                  # (G, S, K, R)
+    ds_end = ds_end.permute(1, 2, 0, 3).reshape(S, K, k.H)
+    ds = torch.cat(ds_parts, -1) if G > 1 else ds_parts[0]                          # (S, K, Q, H)
+    return ds, dC_parts, dSt, ds_end, carry.clone()
 
 
 def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, dfinal: torch.Tensor | None,
                          want_dinit: bool):
     """Hts: (G, S, Cs, N, R, P) states entering each chunk (transposed), from the forward;
-    dy: (b, L, H, P); dfinal: (n_seqs, H, P, N) | None. Returns dx, ddt', dA, dB, dC, dinit (or None)
-    in the compute dtype, shaped like the inputs."""
+    dy: (b, L, H, P); dfinal: (n_seqs, H, P, N) | None. Returns dx, ddt', dA, dB, dC, dD (H, P) or
+    None, dinit or None, in the compute dtype, shaped like the inputs."""
     lay = k.layout
     S, Cs, Q = lay.S, lay.Cs, lay.Q
     G, R, P, N, H = k.G, k.R, k.P, k.N, k.H
-    RP = R * P
     dyq = lay.pack(dy.to(k.cdt)).reshape(S, Cs, Q, H, P)                            # (S, Cs, Q, H, P)
-
-    # inter-chunk: dZ = e * dY (token layout); per group (Q, R*P) matmuls with the (N, R*P) states
-    dZ = dyq * torch.exp(k.s)[..., None]
-    dHts = torch.empty_like(Hts)                                                     # (G, S, Cs, N, R, P)
-    ds_parts, dC_parts = [], []
-    for g in range(G):
-        Hg = Hts[g].reshape(S * Cs, N, RP)
-        Cg, dZg = k.group(k.Cq, g), k.group(dZ, g)                                  # (S*Cs, Q, N), (S*Cs, Q, RP)
-        Zg = torch.bmm(Cg, Hg)
-        ds_parts.append(Zg.mul_(dZg).reshape(S, Cs, Q, R, P).sum(-1))               # (S, Cs, Q, R)
-        dC_parts.append(torch.bmm(dZg, Hg.transpose(1, 2)))                         # (S*Cs, Q, N)
-        torch.bmm(Cg.transpose(1, 2), dZg, out=dHts[g].view(S * Cs, N, RP))
-    del dZ
-    ds = torch.cat(ds_parts, -1) if G > 1 else ds_parts[0]                          # (S, Cs, Q, H)
-
-    # passing, reversed over chunks: dSt[:, :, c] = gradient of the state leaving chunk c
-    dec = k.chunk_decay()                                                            # (G, S, Cs, 1, R, 1)
-    dSt = torch.empty_like(Hts)
+    dx = k.xq.new_empty(S, Cs, Q, H, P)
+    ddt = k.xq.new_empty(S, Cs, Q, H)
+    dB = k.xq.new_empty(S, Cs, Q, G, N)
+    dC = k.xq.new_empty(S, Cs, Q, G, N)
+    dA = k.xq.new_zeros(H)
+    dD = None if k.D is None else k.xq.new_zeros(H, P)
     dfin_t = None if dfinal is None else k.state_t(dfinal.to(k.cdt))                # (G, n, N, R, P)
-    for c in reversed(range(Cs)):
-        if k.last[c]:
-            if dfin_t is None:
-                dSt[:, :, c].zero_()
-            elif lay.pos is None:
-                dSt[:, :, c] = dfin_t
-            else:
-                dSt[:, 0, c] = dfin_t[:, int(lay.chunk_seq[0, c])]
-        else:
-            dSt[:, :, c] = dHts[:, :, c + 1]
-        dHts[:, :, c].addcmul_(dSt[:, :, c], dec[:, :, c])
-    ds_end = (Hts * dSt).sum((3, 5)).mul_(dec[:, :, :, 0, :, 0])                   # (G, S, Cs, R)
-    ds_end = ds_end.permute(1, 2, 0, 3).reshape(S, Cs, H)
-    dinit = None
-    if want_dinit:
-        st = torch.tensor(lay.starts, dtype=torch.long, device=Hts.device).reshape(-1, 2)
-        dinit = k.state_untransposed(dHts[:, st[:, 0], st[:, 1]])                   # (n, H, P, N)
-    del dHts
+    dinit_t = k.xq.new_empty(G, lay.n_seqs, N, R, P) if want_dinit else None
+    carry = None
+    for c0, c1 in reversed(k.blocks()):
+        b = k.block(c0, c1)
+        dyb = dyq[:, c0:c1]
+        ds, dC_parts, dSt, ds_end, carry = _inter_and_passing(b, Hts[:, :, c0:c1], dyb, dfin_t, carry, dinit_t)
 
-    # chunk states: U = B dS', dB += (w Xdt) dS'
-    xw = k.xq * (k.dtq * k.w)[..., None]                                            # (S, Cs, Q, H, P)
-    U_parts, dB_parts = [], []
-    for g in range(G):
-        dSg = dSt[g].reshape(S * Cs, N, RP)
-        U_parts.append(torch.bmm(k.group(k.Bq, g), dSg))                            # (S*Cs, Q, RP)
-        dB_parts.append(torch.bmm(k.group(xw, g), dSg.transpose(1, 2)))             # (S*Cs, Q, N)
-    del dSt
-    U = stack_groups(U_parts, 2).reshape(S, Cs, Q, H, P)
-    del U_parts
-    t = (U * xw).sum(-1)                                                             # (S, Cs, Q, H)
-    del xw
-    ds -= t
-    ds_end += t.sum(2)
-    dxdt = U.mul_(k.w[..., None])                                                    # (S, Cs, Q, H, P)
+        # chunk states: U = B dS', dB += (w Xdt) dS'
+        xw = b.xw()                                                                  # (S, K, Q, H, P)
+        U_parts, dB_parts = [], []
+        for g in range(G):
+            dSg = b.state_mats(dSt, g)                                               # (S*K, N, RP)
+            U_parts.append(torch.bmm(b.group(b.Bq, g), dSg))                        # (S*K, Q, RP)
+            dB_parts.append(torch.bmm(b.group(xw, g), dSg.transpose(1, 2)))         # (S*K, Q, N)
+        del dSt
+        dxdt = stack_groups(U_parts, 2).view(S, c1 - c0, Q, H, P)
+        del U_parts
+        t = (dxdt * xw).sum(-1)                                                      # (S, K, Q, H)
+        del xw
+        ds -= t
+        ds_end += t.sum(2)
+        dxdt.mul_(b.w[..., None])
 
-    # intra-chunk (head-major)
-    Lm = k.decay_mask()                                                              # (S, Cs, H, Q, Q)
-    CB = k.cb()                                                                      # (S, Cs, G, Q, Q)
-    M = (Lm.view(S, Cs, G, R, Q, Q) * k.heads_of(CB)).view(S, Cs, H, Q, Q)
-    dyh = k.head_major(dyq)                                                          # (S, Cs, H, Q, P)
-    dxdt += torch.matmul(M.transpose(-1, -2), dyh).permute(0, 1, 3, 2, 4)
-    xdt_h = k.head_major(k.xq * k.dtq[..., None])
-    dM = torch.matmul(dyh, xdt_h.transpose(-1, -2), out=M)                           # (S, Cs, H, Q, Q)
-    del dyh, xdt_h
-    dM.mul_(Lm)
-    del Lm
-    dCB = dM.view(S, Cs, G, R, Q, Q).sum(3)                                          # (S, Cs, G, Q, Q)
-    dM.view(S, Cs, G, R, Q, Q).mul_(k.heads_of(CB))
-    ds += (dM.sum(-1) - dM.sum(-2)).transpose(2, 3)
-    del dM
-    for g in range(G):
-        dCBg = dCB[:, :, g].reshape(S * Cs, Q, Q)
-        dC_parts[g] += torch.bmm(dCBg, k.group(k.Bq, g))
-        dB_parts[g] += torch.bmm(dCBg.transpose(1, 2), k.group(k.Cq, g))
+        # intra-chunk (head-major)
+        L = b.decay_mask()                                                           # (S, K, H, Q, Q)
+        CB = b.cb()                                                                  # (S, K, G, 1, Q, Q)
+        dyh = b.head_major(dyb)                                                      # (S, K, H, Q, P)
+        M = b.masked_cb(L.clone(), CB)
+        dxdt += torch.matmul(M.transpose(-1, -2), dyh).permute(0, 1, 3, 2, 4)
+        dM = torch.matmul(dyh, b.xdt_heads().transpose(-1, -2), out=M)               # (S, K, H, Q, Q)
+        del dyh
+        dM.mul_(L)
+        del L
+        dMg = dM.view(S, c1 - c0, G, R, Q, Q)
+        dCB = dMg.sum(3)                                                             # (S, K, G, Q, Q)
+        dMg.mul_(CB)
+        ds += (dM.sum(-1) - dM.sum(-2)).transpose(2, 3)
+        del dM, dMg
+        for g in range(G):
+            dCBg = dCB[:, :, g].reshape(-1, Q, Q)
+            dC_parts[g] += torch.bmm(dCBg, b.group(b.Bq, g))
+            dB_parts[g] += torch.bmm(dCBg.transpose(1, 2), b.group(b.Cq, g))
 
-    # inputs: Xdt = dt' x; s = cumsum(dt' A)
-    ds[:, :, -1] += ds_end
-    da = ds.flip(2).cumsum(2).flip(2)                                                # (S, Cs, Q, H)
-    ddt = (dxdt * k.xq).sum(-1).add_(da * k.A)
-    dA = (da * k.dtq).sum((0, 1, 2))
-    dx = dxdt.mul_(k.dtq[..., None])
+        # inputs: Xdt = dt' x; s = cumsum(dt' A); D x
+        ds[:, :, -1] += ds_end
+        da = ds.flip(2).cumsum(2).flip(2)                                            # (S, K, Q, H)
+        ddt[:, c0:c1] = (dxdt * b.xq).sum(-1).addcmul_(da, k.A)
+        dA += (da * b.dtq).sum((0, 1, 2))
+        dxdt.mul_(b.dtq[..., None])
+        if dD is not None:
+            dxdt.addcmul_(dyb, k.D)
+            dD += (dyb * b.xq).sum((0, 1, 2))
+        dx[:, c0:c1] = dxdt
+        dB[:, c0:c1] = stack_groups(dB_parts, 2).view(S, c1 - c0, Q, G, N)
+        dC[:, c0:c1] = stack_groups(dC_parts, 2).view(S, c1 - c0, Q, G, N)
     Lp = Cs * Q
-    dB = stack_groups(dB_parts, 2).reshape(S, Lp, G, N)
-    dC = stack_groups(dC_parts, 2).reshape(S, Lp, G, N)
-    return (lay.unpack(dx.reshape(S, Lp, H, P)), lay.unpack(ddt.reshape(S, Lp, H)), dA,
-            lay.unpack(dB), lay.unpack(dC), dinit)
+    dinit = None if dinit_t is None else k.state_untransposed(dinit_t)
+    return (lay.unpack(dx.view(S, Lp, H, P)), lay.unpack(ddt.view(S, Lp, H)), dA, lay.unpack(dB.view(S, Lp, G, N)),
+            lay.unpack(dC.view(S, Lp, G, N)), dD, dinit)

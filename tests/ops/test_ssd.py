@@ -96,6 +96,78 @@ def test_cpu_matches_reference(case, dtype):
     check_against(run("cpu", ins, Q, sp, dtype=dtype), expected, dtype)
 
 
+# The CPU backward is hand-written (ops/ssd/cpu_bwd.py) and runs over blocks of chunks; a block
+# size of one chunk puts every state and state gradient through the carry between blocks.
+BLOCK_CASES = [
+    (2, 63, 4, 5, 2, 6, 16, dict(D="HP", dt_bias=True, softplus=True, init=True)),
+    (1, 257, 6, 4, 3, 8, 32, dict(D="H", z=True, init=True)),
+    (3, 40, 2, 3, 1, 4, 8, dict()),
+]
+
+
+@pytest.mark.parametrize("block_elems", [1, 700])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=_ids(BLOCK_CASES))
+def test_cpu_backward_over_blocks_matches_reference(case, dtype, block_elems, monkeypatch):
+    from parazoo.ops.ssd import cpu
+
+    monkeypatch.setattr(cpu, "BLOCK_ELEMS", block_elems)
+    ins, Q, sp = _case(case, dtype)
+    expected = run("reference", ins, Q, sp, dtype=torch.float64)
+    check_against(run("cpu", ins, Q, sp, dtype=dtype), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_backward_over_blocks_cu_seqlens(dtype, monkeypatch):
+    """Packed sequences (one empty, one of length 1, one ending exactly on a chunk), one chunk per
+    block: the state gradient must stop at every sequence start and restart from d final."""
+    from parazoo.ops.ssd import cpu
+
+    monkeypatch.setattr(cpu, "BLOCK_ELEMS", 1)
+    lens = [8, 0, 21, 1, 12]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    ins = make_inputs(1, sum(lens), 4, 3, 2, 5, D="H", z=True, dt_bias=True, init=True, n_states=len(lens))
+    expected = run("reference", ins, 8, True, cu_seqlens=cu)
+    check_against(run("cpu", ins, 8, True, cu_seqlens=cu, dtype=dtype), expected, dtype)
+
+
+@pytest.mark.parametrize("use", ["y", "final"])
+def test_cpu_backward_one_output_only(use):
+    """Only y or only the final states reach the loss: the other cotangent arrives as zeros/None."""
+    ins = make_inputs(2, 37, 4, 3, 2, 5, D="HP", init=True)
+    grads = {}
+    for backend in ("reference", "cpu"):
+        leaves = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in ins.items()}
+        y, f = ssd_scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], 16, D=leaves["D"],
+                        initial_states=leaves["initial_states"], return_final_states=True, backend=backend)
+        (y if use == "y" else f).square().sum().backward()
+        grads[backend] = {k: v.grad for k, v in leaves.items() if v is not None}
+    for k, ref in grads["reference"].items():
+        got = grads["cpu"][k]
+        if ref is None:           # C does not reach the final state
+            assert got is None or not got.any(), k
+            continue
+        assert_close(got, ref, name=f"d{k}")
+
+
+def test_cpu_backward_is_the_hand_written_one():
+    """The CPU path's gradient comes from its own backward (one autograd node), not from autograd
+    through the chunked forward."""
+    ins = make_inputs(1, 20, 2, 3, 1, 4, dtype=torch.float32)
+    x = ins["x"].requires_grad_(True)
+    y = ssd_scan(x, ins["dt"], ins["A"], ins["B"], ins["C"], 16, backend="cpu")
+    names, todo, seen = set(), [y.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo += [f for f, _ in fn.next_functions]
+    assert "_SSDChunkedFnBackward" in names, names
+    assert not names & {"BmmBackward0", "ExpBackward0", "CumsumBackward0"}, names
+
+
 # (case, dtypes): the interpreter is slow, so each case runs in the dtypes that add coverage
 TRITON_CASES = [
     ((1, 1, 2, 3, 1, 4, 16, dict(D="H", init=True)), (torch.float64, torch.float32)),
