@@ -149,6 +149,26 @@ def test_blocked_cases_run_the_blocked_kernel():
     assert not _uses_blocked_kernel(BIG_CASES["T63_N16_grouped"], torch.float32)
 
 
+def test_blocked_kernel_exp_is_within_2_ulp():
+    """The blocked kernels' float32 exp (Cody-Waite + degree-6 polynomial + 2^k) against torch.exp
+    on a dense grid of [-87, 0] (the range of dl * A), plus its limits."""
+    lib = cpu_block_kernel.BLK_LIB.load()
+    if lib is None:
+        pytest.skip("the channel-blocked kernels do not compile here")
+    from parazoo.ops._cpu_jit import ptr
+    x = torch.cat([torch.linspace(-87.0, 0.0, 2_000_003), torch.tensor([-1e-30, 1e-3, 5.0, 88.0, 89.0, -104.0, -1e4,
+                                                                           -float("inf"), float("inf")])])
+    y = torch.empty_like(x)
+    lib.ss_exp_blk_f32(ptr(x), ptr(y), x.numel())
+    ref = torch.exp(x)
+    grid, rg = y[:-9], ref[:-9]
+    ulp = (torch.nextafter(rg, torch.full_like(rg, float("inf"))) - rg)
+    assert ((grid.double() - rg.double()).abs() / ulp.double()).max() <= 2.0
+    assert_close(y[-9:-5], ref[-9:-5], rtol=3e-7, atol=0, name="exp near 0 and up to 88")
+    # beyond the range: huge (inf with AVX-512's vscalefps, exp(88) in the portable clamp) or tiny, never NaN
+    assert y[-5] >= 1.6e38 and y[-1] >= 1.6e38 and torch.all(y[-4:-1] <= 1.7e-38) and not y.isnan().any()
+
+
 H0_CASES = {  # initial_state; T37: more than one 16-step tile in the interpreter
     "T37_h0": (2, 2, 37, 4, None, None, True, True, True, True),
     "T1_h0_no_softplus": (1, 2, 1, 3, 2, None, True, False, True, False),
