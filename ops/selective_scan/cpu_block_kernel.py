@@ -294,14 +294,15 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                     for (int n = 0; n < NS; n++) {
                         const float Bn = Bb[t * NS + n], Cn = Cb[t * NS + n];
                         const vf gn = g[n] + dy * Cn;
-                        const vf gah = gn * (ak[n] * hp[n]);
+                        const vf ga = gn * ak[n];                                   /* g_{t-1} before a reset */
+                        const vf gah = ga * hp[n];                                  /* g a h_{t-1} */
                         py += Cn * hk[n];
                         pdA += gah * Av[n];
                         dAacc[n] += gah * dlv;
                         pb += gn * Bn;
                         xc[n] = dy * hk[n];
                         xb[n] = gn * dlx;
-                        g[n] = gn * ak[n];
+                        g[n] = ga;
                     }
                     if (reset[t]) for (int n = 0; n < NS; n++) g[n] = (vf){};       /* nothing flows across a start */
                     vreduce_add(xb, mB + t * NS);
