@@ -19,6 +19,7 @@ YAML schema (unknown keys are errors, never ignored)::
         data: {...}             # arguments of the task's data module (parazoo.training)
         steps: 600
         batch_size: 64
+        decay_steps: null       # cosine horizon (default: steps); longer keeps the rate high to the end
         widths / lrs / mixers / n_layers: optional per-task overrides
     throughput: {seq_lens: [128, 256, 512], width: 64, batch_size: 4, steps: 3}   # optional
     jobs: 1                     # runs at once, each its own process with cpu_count // jobs threads
@@ -64,6 +65,7 @@ class Task:
     mixers: list | None = None
     n_layers: int | None = None
     val_every: int | None = None
+    decay_steps: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict, i: int) -> "Task":
@@ -79,6 +81,8 @@ class Task:
         t = cls(**{**d, "data": dict(d.get("data") or {})})
         if not isinstance(t.steps, int) or t.steps < 1:
             raise ValueError(f"{where}.steps must be a positive int, got {t.steps!r}")
+        if t.decay_steps is not None and (not isinstance(t.decay_steps, int) or t.decay_steps < t.steps):
+            raise ValueError(f"{where}.decay_steps must be an int >= steps ({t.steps}), got {t.decay_steps!r}")
         if "batch_size" in t.data:
             raise ValueError(f"{where}.data: give batch_size at the task level, not in data")
         return t

@@ -44,6 +44,8 @@ def test_unknown_keys_and_bad_values_are_errors():
         Recipe.from_dict({**TINY, "tasks": [{**TINY["tasks"][0], "kind": "nope"}]})
     with pytest.raises(ValueError, match="seconds"):
         Recipe.from_dict({**TINY, "budget": "seconds"})
+    with pytest.raises(ValueError, match="decay_steps must be an int >= steps"):
+        Recipe.from_dict({**TINY, "tasks": [{**TINY["tasks"][0], "decay_steps": 2}]})
     with pytest.raises(ValueError, match="jobs must be a positive int, got 0"):
         Recipe.from_dict({**TINY, "jobs": 0})
 
