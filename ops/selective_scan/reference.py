@@ -59,12 +59,15 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     h = u_.new_zeros(batch, dim, N) if initial_state is None else initial_state.to(dt)   # (b, d, N)
     last = [None] * (n_seqs if cu_seqlens is not None else 1)
     ys = []
+    # per-step views by unbind (its backward stacks the L gradients once; indexing [..., t] would
+    # build a full-size gradient per step, quadratic in L)
+    dls, Bs, Cs, us = delta_.unbind(-1), B_.unbind(-1), C_.unbind(-1), u_.unbind(-1)
     for t in range(L):
         if t in starts:
             h = torch.zeros_like(h)
-        dl = delta_[:, :, t, None]                            # (b, d, 1)
-        h = torch.exp(dl * A_) * h + dl * B_[..., t] * u_[:, :, t, None]
-        ys.append((h * C_[..., t]).sum(-1))                   # (b, d)
+        dl = dls[t][..., None]                                # (b, d, 1)
+        h = torch.exp(dl * A_) * h + dl * Bs[t] * us[t][..., None]
+        ys.append((h * Cs[t]).sum(-1))                        # (b, d)
         if t in ends:
             last[ends[t]] = h
     y = torch.stack(ys, dim=-1) if ys else u_.new_zeros(batch, dim, 0)
