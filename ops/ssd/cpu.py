@@ -16,7 +16,8 @@ positive number appears. Layouts (no per-head copies of B and C):
 * states, inter-chunk and their gradients: token layout with the heads in the matmul's column
   dimension: per group g, (Q, N) x (N, R*P), the state kept transposed as (N, R*P) (R = H / G heads
   share the group's B and C), so B and C are read once per group, never expanded per head;
-* passing: a loop over chunks (never over time) of one fused multiply-add on (G, S, N, R, P).
+* passing: a loop over chunks (never over time), one fused C call per run of chunks
+  (cpu_passing.py; pure-torch fallback without a compiler).
 The work runs over blocks of chunks (``BLOCK_ELEMS`` numbers per temporary): small temporaries stay
 in cache and are recycled by the allocator (a fresh 50 MB tensor per step costs more in page faults
 than the arithmetic on it). The backward (``cpu_bwd.py``) mirrors the forward block by block in
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from .cpu_passing import pass_fwd
 from .layout import ChunkLayout
 
 __all__ = ["ssd_chunked", "compute_dtype", "SSDChunks", "ChunkBlock", "stack_groups", "BLOCK_ELEMS"]
@@ -76,6 +78,18 @@ class SSDChunks:
     def block(self, c0: int, c1: int) -> "ChunkBlock":
         return ChunkBlock(self, c0, c1)
 
+    def runs(self, c0: int, c1: int) -> list:
+        """Chunks c0 .. c1-1 cut into runs (ca, cb) that contain no sequence start after their first chunk."""
+        cuts = [c for c in range(c0 + 1, c1) if self.first[c]]
+        return list(zip([c0] + cuts, cuts + [c1]))
+
+    def new_carry(self, states: torch.Tensor | None, c: int) -> torch.Tensor:
+        """A fresh contiguous (G, S, N, R, P) carry: the slot of chunk c's sequence in the per-sequence
+        (G, n, N, R, P) ``states``, or zeros."""
+        S = self.layout.S
+        carry = torch.zeros(self.G, S, self.N, self.R, self.P, dtype=self.cdt, device=self.xq.device)
+        return carry if states is None else carry.copy_(self.state_slot(states, c))
+
     def state_slot(self, states: torch.Tensor, c: int) -> torch.Tensor:
         """Entry of a per-sequence (G, n, N, R, P) state tensor for the sequence of chunk c, as
         (G, S, N, R, P): all rows when dense (n = S), the chunk's sequence when packed (S = 1)."""
@@ -102,8 +116,9 @@ class ChunkBlock:
         self.w = torch.exp(self.s_end[:, :, None] - self.s)                         # exp(s_end - s_j)
         self.e = torch.exp(self.s)                                                  # exp(s_i)
         S, K = self.s.shape[:2]
-        # exp(s_end) in the transposed-state layout: (G, S, K, 1, R, 1)
-        self.dec = torch.exp(self.s_end).reshape(S, K, k.G, k.R).permute(2, 0, 1, 3)[:, :, :, None, :, None]
+        # exp(s_end) per chunk and head, (G, S, K, R), and shaped for the transposed states (G, S, K, 1, R, 1)
+        self.dec4 = torch.exp(self.s_end).reshape(S, K, k.G, k.R).permute(2, 0, 1, 3).contiguous()
+        self.dec = self.dec4[:, :, :, None, :, None]
 
     def group(self, t: torch.Tensor, g: int) -> torch.Tensor:
         """(S, K, Q, G, X) token-layout tensor -> group g as a batch of (Q, X) matrices (S*K, Q, X);
@@ -161,7 +176,7 @@ def _forward(k: SSDChunks, initial_states):
     Hts = k.xq.new_empty(G, S, Cs, N, R, P)
     finals = k.xq.new_empty(G, lay.n_seqs, N, R, P)
     init_t = None if initial_states is None else k.state_t(initial_states.to(k.cdt))    # (G, n, N, R, P)
-    nxt = None                                                                      # state leaving the last chunk
+    carry = None                                                                    # state leaving the last chunk
     for c0, c1 in k.blocks():
         b = k.block(c0, c1)
         # intra-chunk (head-major): (C B^T * L) Xdt
@@ -171,18 +186,13 @@ def _forward(k: SSDChunks, initial_states):
         St = stack_groups([torch.bmm(b.group(b.Bq, g).transpose(1, 2), b.group(xw, g)) for g in range(G)], 0)
         St = St.view(G, S, c1 - c0, N, R, P)
         del xw
-        # passing: Hts[:, :, c] = state entering chunk c
-        for j, c in enumerate(range(c0, c1)):
-            Hc = Hts[:, :, c]
-            if not k.first[c]:
-                Hc.copy_(nxt)
-            elif init_t is None:
-                Hc.zero_()
-            else:
-                Hc.copy_(k.state_slot(init_t, c))
-            nxt = torch.addcmul(St[:, :, j], Hc, b.dec[:, :, j])
-            if k.last[c]:
-                k.state_slot(finals, c).copy_(nxt)
+        # passing: Hts[:, :, c] = state entering chunk c (cpu_passing.py)
+        for ca, cb in k.runs(c0, c1):
+            if k.first[ca]:
+                carry = k.new_carry(init_t, ca)
+            pass_fwd(St, b.dec4, Hts, carry, ca - c0, cb - c0, c0)
+            if k.last[cb - 1]:
+                k.state_slot(finals, cb - 1).copy_(carry)
         # inter-chunk (token layout): exp(s_i) C_i H_c, per group (Q, N) x (N, R*P)
         Hb = Hts[:, :, c0:c1]
         yb = stack_groups([torch.bmm(b.group(b.Cq, g), b.state_mats(Hb, g)) for g in range(G)], 2)

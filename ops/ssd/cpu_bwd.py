@@ -16,7 +16,7 @@ Given dY and the gradient of the final states, with U = B dS_c' and dM = dY Xdt'
     inputs:  dx = dt' dXdt + D dY;  dD = sum x dY;  d dt' = sum_p x dXdt + A da;  dA = sum dt' da,
              da = reverse cumulative sum of ds within the chunk
 
-Blocks of chunks run in reverse order; a loop over the block's chunks (never over time) carries the
+Blocks of chunks run in reverse order; a loop over the block's chunks (never over time; one C call, cpu_passing.py) carries the
 state gradient; everything else is the forward's batched matmuls transposed, in the same layouts
 (B and C never expanded per head).
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from .cpu import ChunkBlock, SSDChunks, stack_groups
+from .cpu_passing import pass_bwd
 
 __all__ = ["ssd_chunked_backward"]
 
@@ -48,21 +49,16 @@ def _inter_and_passing(b: ChunkBlock, Hb, dyb, dfin_t, carry, dinit_t):
     del dZ
     dHt = dHt.view(G, S, K, N, R, P)
     dSt = torch.empty_like(dHt)
-    for j in reversed(range(K)):
-        c = b.c0 + j
-        if not k.last[c]:
-            dSt[:, :, j] = carry
-        elif dfin_t is None:
-            dSt[:, :, j].zero_()
-        else:
-            dSt[:, :, j] = k.state_slot(dfin_t, c)
-        carry = dHt[:, :, j].addcmul_(dSt[:, :, j], b.dec[:, :, j])
-        if k.first[c] and dinit_t is not None:
-            k.state_slot(dinit_t, c).copy_(carry)
+    for ca, cb in reversed(k.runs(b.c0, b.c1)):
+        if k.last[cb - 1]:
+            carry = k.new_carry(dfin_t, cb - 1)
+        pass_bwd(b.dec4, dHt, dSt, carry, ca - b.c0, cb - b.c0)
+        if k.first[ca] and dinit_t is not None:
+            k.state_slot(dinit_t, ca).copy_(carry)
     ds_end = (Hb * dSt).sum((3, 5)).mul_(b.dec[:, :, :, 0, :, 0])                  # (G, S, K, R)
     ds_end = ds_end.permute(1, 2, 0, 3).reshape(S, K, k.H)
     ds = torch.cat(ds_parts, -1) if G > 1 else ds_parts[0]                          # (S, K, Q, H)
-    return ds, dC_parts, dSt, ds_end, carry.clone()
+    return ds, dC_parts, dSt, ds_end, carry
 
 
 def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, dfinal: torch.Tensor | None,
@@ -108,7 +104,7 @@ def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, dfin
         L = b.decay_mask()                                                           # (S, K, H, Q, Q)
         CB = b.cb()                                                                  # (S, K, G, 1, Q, Q)
         dyh = b.head_major(dyb)                                                      # (S, K, H, Q, P)
-        M = b.masked_cb(L.clone(), CB)
+        M = (L.view(S, c1 - c0, G, R, Q, Q) * CB).view(S, c1 - c0, H, Q, Q)            # C B' * L
         dxdt += torch.matmul(M.transpose(-1, -2), dyh).permute(0, 1, 3, 2, 4)
         dM = torch.matmul(dyh, b.xdt_heads().transpose(-1, -2), out=M)               # (S, K, H, Q, Q)
         del dyh

@@ -105,25 +105,41 @@ BLOCK_CASES = [
 ]
 
 
+def _passing(kind, monkeypatch):
+    """Chunk-state passing through the fused C loop (skipped without a compiler) or its torch fallback."""
+    from parazoo.ops.ssd import cpu_passing
+
+    if kind == "torch":
+        monkeypatch.setattr(cpu_passing, "_lib", lambda t: None)
+    elif cpu_passing.KERNEL.load() is None:
+        pytest.skip("no C compiler: the fused passing loop is unavailable")
+
+
+@pytest.mark.parametrize("passing", ["c", "torch"])
 @pytest.mark.parametrize("block_elems", [1, 700])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", BLOCK_CASES, ids=_ids(BLOCK_CASES))
-def test_cpu_backward_over_blocks_matches_reference(case, dtype, block_elems, monkeypatch):
+def test_cpu_backward_over_blocks_matches_reference(case, dtype, block_elems, passing, monkeypatch):
     from parazoo.ops.ssd import cpu
 
     monkeypatch.setattr(cpu, "BLOCK_ELEMS", block_elems)
+    _passing(passing, monkeypatch)
     ins, Q, sp = _case(case, dtype)
     expected = run("reference", ins, Q, sp, dtype=torch.float64)
     check_against(run("cpu", ins, Q, sp, dtype=dtype), expected, dtype)
 
 
+@pytest.mark.parametrize("passing", ["c", "torch"])
+@pytest.mark.parametrize("block_elems", [1, 10 ** 6])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cpu_backward_over_blocks_cu_seqlens(dtype, monkeypatch):
+def test_cpu_backward_over_blocks_cu_seqlens(dtype, block_elems, passing, monkeypatch):
     """Packed sequences (one empty, one of length 1, one ending exactly on a chunk), one chunk per
-    block: the state gradient must stop at every sequence start and restart from d final."""
+    block or all in one: the state gradient must stop at every sequence start and restart from
+    d final."""
     from parazoo.ops.ssd import cpu
 
-    monkeypatch.setattr(cpu, "BLOCK_ELEMS", 1)
+    monkeypatch.setattr(cpu, "BLOCK_ELEMS", block_elems)
+    _passing(passing, monkeypatch)
     lens = [8, 0, 21, 1, 12]
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
     ins = make_inputs(1, sum(lens), 4, 3, 2, 5, D="H", z=True, dt_bias=True, init=True, n_states=len(lens))
