@@ -19,10 +19,11 @@ Backward (dO given, dS_N = d final_state or 0), from the recurrence G_t = gamma 
     dV_[i] = (K_[i] * gamma^{L_i-1-j}) dS_{i+1}   + (Q_[i] K_[i]^T * D)^T dO_[i]
     d initial_state = dS_0
 
-(S_i is triton_chunk.py's H_i.) How it runs: one loop over the chunks of each batch row, every
-step a handful of (H, C, .) matmuls on strided views of the (B, T, H, D) tensors, written straight
-into the (B, T, H, D) outputs with ``out=``: no permuted or padded copies of the inputs, and no
-(N, H, K, V) stack of chunk states, only the carried S (H, K, V). The decay tables (gamma^{j+1},
+(S_i is triton_chunk.py's H_i.) How it runs: one loop over the chunks, every step a handful of
+(B*H, C, .) matmuls on head-major (B*H, T, D) views, written into the outputs with ``out=``. At
+B = 1 these are strided views of the (B, T, H, D) tensors themselves (no copy in or out); at B > 1
+one head-major copy per tensor. No padded copies, no (N, B*H, K, V) stack of chunk states: only
+the carried S (B*H, K, V). The decay tables (gamma^{j+1},
 gamma^{C-1-j}, scale * D) are built once per (H, C, scale, dtype, device) and shared by every
 chunk, batch row and call; the last, shorter chunk takes their leading/trailing slices. The
 backward is two passes: forward over the chunks, recomputing S_i (as fla does, rather than keeping
