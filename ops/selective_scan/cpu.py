@@ -77,20 +77,24 @@ def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, 
     dh0 = torch.empty(batch, dim, N, dtype=dt) if h0 is not None else None
     Bt, Ct = (_c(X.transpose(-1, -2), dt) for X in (B, C))            # (b, G, L, N)
     blk = _blocked(u, A, B, C, dt)
-    if blk is not None:
+    ddb = None
+    if blk is not None:                                                # d delta_bias summed per row in the kernel
+        ddb_rows = torch.empty(batch, dim, dtype=dt) if delta_bias is not None else None
         blk.ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
                            ptr(reset), ptr(end_id), ptr(ck), ptr(do_), ptr(dlast_),
-                           ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0),
+                           ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0), ptr(ddb_rows),
                            batch, dim, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
+        ddb = ddb_rows.sum(0) if ddb_rows is not None else None
     else:
         getattr(lib, "ss_bwd_f64" if dt == torch.float64 else "ss_bwd_f32")(
             ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(reset), ptr(end_id),
             ptr(ck), ptr(do_), ptr(dlast_),
             ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0),
             batch, dim, L, N, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
+    if ddb is None and delta_bias is not None:
+        ddb = ddelta.sum((0, 2))
     return (du, ddelta, dA.sum(0), dBt.transpose(-1, -2), dCt.transpose(-1, -2),
-            dD.sum(0) if D is not None else None, dz,
-            ddelta.sum((0, 2)) if delta_bias is not None else None, dh0)
+            dD.sum(0) if D is not None else None, dz, ddb, dh0)
 
 
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, cu_seqlens, need_ckpt: bool):

@@ -217,6 +217,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                     const float* Dv, const float* z, const float* dbias, const int32_t* reset, const int32_t* end_id,
                     const float* ckpt, const float* dout, const float* dlast,
                     float* du, float* ddelta, float* dA, float* dBt, float* dCt, float* dD, float* dz, float* dh0,
+                    float* ddb_rows,
                     int64_t batch, int64_t dim, int64_t L, int64_t GB, int64_t GC, int64_t nseq,
                     int64_t K, int64_t softplus, int64_t nthreads)
 {
@@ -319,7 +320,10 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
             for (int j = 0; j < W; j++) {                                            /* row-wise, vectorised */
                 float* ddr = ddelta + (r0 + j) * L;                                  /* ddl -> ddelta */
                 const float* sgr = sg + j * L;
-                for (int64_t t = 0; t < L; t++) ddr[t] *= sgr[t];
+                float ddsum = 0.0f;                                                  /* d delta_bias of this row */
+                #pragma omp simd reduction(+:ddsum)
+                for (int64_t t = 0; t < L; t++) { ddr[t] *= sgr[t]; ddsum += ddr[t]; }
+                if (ddb_rows) ddb_rows[r0 + j] = ddsum;
                 if (z) {                                                             /* dz = dout ypre silu'(z) */
                     const float *zr = z + (r0 + j) * L, *dor = dout + (r0 + j) * L, *yp = ypre + j * L, *s = sz + j * L;
                     float* dzr = dz + (r0 + j) * L;
@@ -343,7 +347,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
 """
 
 _FWD_ARGS = [PTR] * 14 + [I64] * 9
-_BWD_ARGS = [PTR] * 21 + [I64] * 9
+_BWD_ARGS = [PTR] * 22 + [I64] * 9
 
 BLK_LIB = CKernel("selective_scan_blk", _SOURCE, {"ss_fwd_blk_f32": _FWD_ARGS, "ss_bwd_blk_f32": _BWD_ARGS,
                                                   "ss_exp_blk_f32": [PTR, PTR, I64]})
