@@ -19,7 +19,8 @@ YAML schema (unknown keys are errors, never ignored)::
         data: {...}             # arguments of the task's data module (parazoo.training)
         steps: 600
         batch_size: 64
-        decay_steps: null       # cosine horizon (default: steps); longer keeps the rate high to the end
+        decay_steps: null       # cosine horizon (default: steps; warmup is its first tenth); longer
+                                # keeps the learning rate high to the end of a short run
         widths / lrs / mixers / n_layers: optional per-task overrides
     throughput: {seq_lens: [128, 256, 512], width: 64, batch_size: 4, steps: 3}   # optional
     jobs: 1                     # runs at once, each its own process with cpu_count // jobs threads

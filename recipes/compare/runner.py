@@ -99,7 +99,8 @@ def run_one(recipe: Recipe, task: Task, run: Run, out_dir: Path, data_path: str 
     dm = build_datamodule(task, run.seed, data_path)
     cfg = model_config(recipe, task, run, dm)
     check_data_fits_model(cfg, dm)
-    module = LMModule(cfg, lr=run.lr, warmup_steps=max(1, task.steps // 10), decay_steps=task.decay_steps or task.steps)
+    horizon = task.decay_steps or task.steps  # warmup: the first tenth of the schedule's horizon
+    module = LMModule(cfg, lr=run.lr, warmup_steps=max(1, horizon // 10), decay_steps=horizon)
     thr, solver = Throughput(), SolverStats()
     curve = Curve(solver)
     val_every = task.val_every or max(1, task.steps // 4)
