@@ -43,7 +43,7 @@ from .common import acc_dtype, log_decay
 
 __all__ = ["chunk_fwd", "chunk_bwd", "parallel_fwd", "parallel_bwd"]
 
-_CACHED_MAX_C = 1024  # decay tables up to this chunk length are cached (parallel's T x T ones are not)
+_CACHED_MAX_C = 128  # decay tables up to this chunk length are cached (a few MB at most; parallel's T x T are not)
 
 
 def _build_decays(H: int, C: int, scale: float, device, dt):
@@ -61,7 +61,10 @@ def _build_decays(H: int, C: int, scale: float, device, dt):
     return q_dec, q_dec * scale, k_dec, Ds
 
 
-_cached_decays = functools.lru_cache(maxsize=16)(_build_decays)
+@functools.lru_cache(maxsize=16)
+def _cached_decays(H: int, C: int, scale: float, device, dt):
+    with torch.inference_mode(False):  # ordinary tensors even when first built under inference_mode
+        return _build_decays(H, C, scale, device, dt)
 
 
 def _decays(H: int, C: int, scale: float, device, dt):
