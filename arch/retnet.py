@@ -112,7 +112,8 @@ class MultiScaleRetention(nn.Module):
         if mode == "recurrent":
             return fused_recurrent_retention(q, k, v, initial_state=S0, output_final_state=True)
         if mode == "chunk":
-            return chunk_retention(q, k, v, initial_state=S0, output_final_state=True, chunk_size=self.chunk_for(q.device))
+            return chunk_retention(q, k, v, initial_state=S0, output_final_state=True,
+                                   chunk_size=self.chunk_for(q.device))
         o, _ = parallel_retention(q, k, v)
         return self._parallel_boundary(q, k, v, o, S0)
 
