@@ -168,7 +168,8 @@ class ParallelRNN(nn.Module):
     ``closed_form=False`` ignores the last two and uses autograd Jacobians.
     jacobian: "diag" | ("block", K) | "dense" (None: the cell's ``jacobian_structure``, else "diag").
     The remaining options go to ``parazoo.ops.newton_solve``. ``last_info`` holds the NewtonInfo
-    of the last parallel forward (iterations, residual, fallbacks).
+    of the last parallel forward (iterations, residual, fallbacks; None after a sequential one), and
+    ``solver_stats()`` reports it to the training callbacks (``parazoo.training.SolverStats``).
     """
 
     def __init__(self, cell: nn.Module, jacobian=None, state_shape=None, closed_form: bool = True,
@@ -185,6 +186,15 @@ class ParallelRNN(nn.Module):
         self.newton_options = newton_options
         self._checked = False
         self.last_info = None
+
+    def solver_stats(self) -> dict:
+        """The last parallel forward's Newton statistics: ``newton_iters`` (the most iterations any
+        chunk took), ``residual`` (final max-norm residual), ``fell_back`` (chunks solved
+        sequentially); {} when the last forward was sequential or none has run."""
+        info = self.last_info
+        if info is None:
+            return {}
+        return {"newton_iters": info.max_iterations, "residual": info.residual, "fell_back": info.fell_back}
 
     @property
     def state_shape(self):
@@ -225,6 +235,7 @@ class ParallelRNN(nn.Module):
                              f"{tuple(h0.shape) if isinstance(h0, torch.Tensor) else type(h0).__name__}")
         self.structure.check_state_shape(tuple(h0.shape[1:]), "ParallelRNN")
         if mode == "sequential":
+            self.last_info = None
             return sequential_solve(step, u, h0, "ParallelRNN")
         if self.check_structure and not self._checked:
             self._probe(step, jac_fn, u, h0)

@@ -219,3 +219,30 @@ def test_fused_cpu_newton_used_matches_and_fails_cleanly(kind, monkeypatch):
         ParallelRNN(cell, backend="cpu", max_iters=0, on_fail="raise")(x, h0)
     monkeypatch.setattr(cpu_fused.KERNEL, "load", lambda: None)  # no C compiler: the generic path runs
     assert_close(rnn(x, h0), h)
+
+
+def test_solver_stats_reach_the_training_callback(monkeypatch):
+    """ParallelRNN reports its Newton statistics through the solver_stats() protocol that
+    parazoo.training.SolverStats reads (and compare plots): iterations, residual, fallbacks."""
+    from types import SimpleNamespace
+
+    from parazoo.training import SolverStats
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ParaGRUMixer(16), ParaLSTMMixer(16))
+    assert all(m.rnn.solver_stats() == {} for m in model)              # nothing has run yet
+    y = model[1](model[0](torch.randn(2, 37, 16))[0])[0]
+    stats = [m.rnn.solver_stats() for m in model]
+    for m, st in zip(model, stats):
+        assert st["newton_iters"] == m.rnn.last_info.max_iterations >= 1
+        assert 0 <= st["residual"] < 1e-3 and st["fell_back"] == 0
+    cb = SolverStats()
+    cb.on_fit_start(None, model)
+    trainer = SimpleNamespace(global_step=1, log_every_n_steps=1, loggers=[], logger=None)
+    monkeypatch.setattr("parazoo.training.callbacks.solver_stats.log_step_metrics", lambda *a, **k: None)
+    cb.on_train_batch_end(trainer, model, None, None, 0)
+    iters = [st["newton_iters"] for st in stats]
+    assert cb.last["solver/newton_iters_max"] == max(iters)
+    assert cb.last["solver/newton_iters_mean"] == sum(iters) / 2
+    model[0](torch.randn(2, 1, 16))                                       # T=1: sequential, no Newton
+    assert model[0].rnn.solver_stats() == {}
