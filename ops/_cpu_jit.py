@@ -43,11 +43,12 @@ _WARNED = set()
 _LOCK = threading.Lock()
 
 
-def ptr(t: torch.Tensor | None) -> int | None:
-    """Address of a contiguous CPU tensor's data (None passes NULL)."""
+def ptr(t: torch.Tensor | None, strided: bool = False) -> int | None:
+    """Address of a contiguous CPU tensor's data (None passes NULL); ``strided``: any layout, for a
+    kernel that is also given the tensor's strides."""
     if t is None:
         return None
-    if t.is_cuda or not t.is_contiguous():
+    if t.is_cuda or not (strided or t.is_contiguous()):
         raise ValueError("internal: C kernels need contiguous CPU tensors")
     return t.data_ptr()
 

@@ -98,7 +98,7 @@ def _backward(ctx, dy, dlast, _dckpt):
     u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, ckpt = ctx.saved_tensors
     if ckpt.numel() == 0 and u.numel() > 0:
         raise RuntimeError("selective_scan: backward needs the forward's checkpoints; internal error")
-    grads = _scan_bwd_op(dy.contiguous(), dlast, u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens,
+    grads = _scan_bwd_op(dy, dlast, u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens,
                          ctx.delta_softplus, ckpt, ctx.backend)
     present = (u, delta, A, B, C, D, z, delta_bias, h0)
     return (*[g if x is not None else None for g, x in zip(grads, present)], None, None, None, None)

@@ -66,7 +66,9 @@ def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id
 def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id, nseq, ckpt, dt):
     batch, dim, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
-    u_, dl_, A_, D_, z_, db_, do_ = (_c(t, dt) for t in (u, delta, A, D, z, delta_bias, dout))
+    u_, dl_, A_, D_, z_, db_ = (_c(t, dt) for t in (u, delta, A, D, z, delta_bias))
+    blk = _blocked(u, A, B, C, dt)
+    do_ = dout.to(dt) if blk is not None else _c(dout, dt)            # the blocked kernels read dout strided
     ck, dlast_ = _c(ckpt, dt), _c(dlast, dt)
     du, ddelta = torch.empty_like(u_), torch.empty_like(u_)
     dA = torch.empty(batch, dim, N, dtype=dt)
@@ -76,14 +78,13 @@ def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, 
     dz = torch.empty_like(u_) if z is not None else None
     dh0 = torch.empty(batch, dim, N, dtype=dt) if h0 is not None else None
     Bt, Ct = (_c(X.transpose(-1, -2), dt) for X in (B, C))            # (b, G, L, N)
-    blk = _blocked(u, A, B, C, dt)
     ddb = None
     if blk is not None:                                                # d delta_bias summed per row in the kernel
         ddb_rows = torch.empty(batch, dim, dtype=dt) if delta_bias is not None else None
         blk.ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
-                           ptr(reset), ptr(end_id), ptr(ck), ptr(do_), ptr(dlast_),
+                           ptr(reset), ptr(end_id), ptr(ck), ptr(do_, strided=True), ptr(dlast_),
                            ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0), ptr(ddb_rows),
-                           batch, dim, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
+                           batch, dim, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads(), *do_.stride())
         ddb = ddb_rows.sum(0) if ddb_rows is not None else None
     else:
         getattr(lib, "ss_bwd_f64" if dt == torch.float64 else "ss_bwd_f32")(

@@ -11,13 +11,21 @@ B_t[n], C_t[n] are scalars shared by the block's channels, broadcast from B, C t
 (batch, G, L, N) (one cache line per step; in the (N, L) layout the 2N rows 4 KiB apart would
 all fall into one L1 set and thrash it), the sum over n is a per-lane FMA chain (no
 horizontal sum), and the 16 recurrences per step are independent chains that hide each other's
-latency. u, dl, the gate (and dy in the backward) are transposed per chunk of K steps into
-(K, 16) tiles; y, du, ddelta, dz are transposed back.
+latency. u, delta, z (and dout in the backward) are transposed per chunk of K steps into (K, 16)
+tiles; the pointwise parts (dl = softplus(delta + bias), silu(z) and their derivatives) are
+computed on the tiles inside the step loop, one vector per step, where their divisions overlap the
+16 exps; y, du, ddelta, dz are transposed back. Each block reads 16 row segments per chunk, too
+many streams for the hardware prefetcher: the loops prefetch the next chunk's lines, one per step.
 
-Backward (same equations as ``cpu_kernel``'s docstring; states and decays recomputed per chunk
-of K steps from the checkpoints and kept for the chunk's reverse pass): ddl_t, du_t, ypre_t are
-per-lane sums over n; only dB_t[n] = sum_d g dl u and dC_t[n] = sum_d dy h are sums over the lanes, done for all 16
-n at once by a transpose-and-add tree of 15 two-vector shuffles per step.
+Backward (same equations as ``cpu_kernel``'s docstring): each thread takes its blocks PB = 4 at a
+time and walks the chunks in reverse; per chunk, each block recomputes the chunk's states and
+decays from its checkpoint, then runs the reverse pass in two halves of 8 state entries (so g and
+the dA accumulators of a half stay in registers). ddl_t, du_t, ypre_t are per-lane sums over n.
+dB_t[n] = sum_d g dl u and dC_t[n] = sum_d dy h are sums over channels: they are accumulated
+lane-wise (one vertical FMA per n) into per-chunk buffers shared by the PB blocks, and summed over
+the lanes by a transpose-and-add tree of 15 two-vector shuffles once per chunk step for the PB
+blocks together (before: once per block and step, 40% of the reverse pass). dout is read with
+its strides (channel-last when it is the gradient of y.transpose(1, 2); an expanded scalar).
 
 Used when the compiler has ``__builtin_shufflevector`` (gcc >= 12, clang), the dtype is float32,
 N = 16 and dim // G is a multiple of 16 for B and C; otherwise ``cpu_kernel``'s row kernels run.
@@ -124,6 +132,14 @@ static inline void tile_in(const float* X, int64_t L, int64_t t0, int64_t nt, fl
     for (int j = 0; j < W; j++)
         for (int64_t k = k0; k < nt; k++) tile[k * W + j] = X[j * L + t0 + k];
 }
+/* the same from a strided (.., dim, L) view: element (j, t) at X[j * sd + t * sl] (dout may be channel-last,
+   i.e. the gradient of a transpose, or an expanded scalar) */
+static inline void tile_in_strided(const float* X, int64_t sd, int64_t sl, int64_t t0, int64_t nt, float* tile) {
+    if (sl == 1) { tile_in(X, sd, t0, nt, tile); return; }
+    if (sd == 1) { for (int64_t k = 0; k < nt; k++) memcpy(tile + k * W, X + (t0 + k) * sl, sizeof(float) * W); return; }
+    if (sd == 0) { for (int64_t k = 0; k < nt; k++) vstore(tile + k * W, (vf){} + X[(t0 + k) * sl]); return; }
+    for (int64_t k = 0; k < nt; k++) for (int j = 0; j < W; j++) tile[k * W + j] = X[j * sd + (t0 + k) * sl];
+}
 static inline void tile_out(const float* tile, int64_t L, int64_t t0, int64_t nt, float* X) {
     int64_t k0 = 0;
     for (; k0 + 16 <= nt; k0 += 16) {
@@ -136,14 +152,34 @@ static inline void tile_out(const float* tile, int64_t L, int64_t t0, int64_t nt
         for (int64_t k = k0; k < nt; k++) X[j * L + t0 + k] = tile[k * W + j];
 }
 
-/* per-block row pre-pass: dl (W rows of L) = [softplus](delta + bias), sg = d dl / d delta, gate/sz from z */
-static void blk_prep(const float* delta, const float* dbias, const float* z, int64_t d0, int64_t L, int64_t softplus,
-                     float* dl, float* sg, float* gate, float* sz) {
-    for (int j = 0; j < W; j++) {
-        ss_prep_delta_f32(delta + j * L, dbias ? dbias[d0 + j] : 0.0f, softplus, dl + j * L, sg ? sg + j * L : 0, L);
-        if (z) ss_prep_gate_f32(z + j * L, gate + j * L, sz ? sz + j * L : 0, L);
-    }
+/* pointwise parts on one step's 16 channels: dl = softplus(raw) (raw if raw > 20) and sg = d dl / d raw =
+   sigmoid(raw), or dl = raw, sg = 1 without softplus; gate = silu(z) = z sigmoid(z), sz = sigmoid(z).
+   e = exp(-|x|) in (0, 1]; log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3, odd series to s^13 (~1e-8).
+   Computed inside the scan loops (one vector per step), so their divisions overlap the exps over n. */
+static inline vf vsigmoid_e(vf x, vf e) {                                         /* sigmoid(x) given e = exp(-|x|) */
+    const vf r = 1.0f / (1.0f + e);
+    return vsel(x >= 0.0f, r, e * r);
 }
+static inline vf vdelta(vf raw, int64_t softplus, vf* sg) {
+    if (!softplus) { if (sg) *sg = (vf){} + 1.0f; return raw; }
+    const vf ax = vsel(raw < 0.0f, -raw, raw);
+    const vf e = vexp(-ax);
+    const vf s = e / (2.0f + e), s2 = s * s;
+    vf p = s2 * (1.0f / 13) + 1.0f / 11;
+    p = p * s2 + 1.0f / 9; p = p * s2 + 1.0f / 7; p = p * s2 + 1.0f / 5; p = p * s2 + 1.0f / 3; p = p * s2 + 1.0f;
+    const vf pos = vsel(raw > 0.0f, raw, (vf){});
+    if (sg) *sg = vsigmoid_e(raw, e);
+    return vsel(raw > 20.0f, raw, pos + 2.0f * s * p);
+}
+static inline vf vgate(vf zz, vf* sz) {
+    const vf s = vsigmoid_e(zz, vexp(-vsel(zz < 0.0f, -zz, zz)));
+    if (sz) *sz = s;
+    return zz * s;
+}
+
+/* prefetch steps t0 .. t0 + 63 of 16 rows (X: the block's first row, rows S apart), the cache line (k & 48) of
+   row (k & 15) at step k: a block reads 16 row segments per chunk, too many streams for the hardware prefetcher */
+#define PREFETCH_ROWS(X, S, t0, k, rw) __builtin_prefetch((X) + ((k) & 15) * (S) + (t0) + ((k) & 48), rw)
 
 /* y = vexp(x) elementwise (for the accuracy test) */
 void ss_exp_blk_f32(const float* x, float* y, int64_t n) {
@@ -156,6 +192,28 @@ void ss_exp_blk_f32(const float* x, float* y, int64_t n) {
     }
 }
 
+static void* amalloc(size_t bytes) {                                               /* 64-byte aligned (vf) */
+    void* p = 0;
+    return posix_memalign(&p, 64, bytes > 0 ? bytes : 64) == 0 ? p : 0;
+}
+
+/* m[n] lane j = X[j * stride + n] (16 rows of 16 contiguous floats, e.g. a block's (W, N) slice), and back */
+static inline void rows_in(const float* X, int64_t stride, vf* m) {
+    for (int j = 0; j < W; j++) m[j] = vload(X + j * stride);
+    transpose16(m);
+}
+static inline void rows_out(const vf* m, int64_t stride, float* X) {
+    vf t[16];
+    for (int n = 0; n < NS; n++) t[n] = m[n];
+    transpose16(t);
+    for (int j = 0; j < W; j++) vstore(X + j * stride, t[j]);
+}
+
+static inline void load_params(const float* A, const float* Dv, const float* dbias, int64_t d0, vf* Av, vf* Dd, vf* Bias) {
+    rows_in(A + d0 * NS, NS, Av);
+    for (int j = 0; j < W; j++) { (*Dd)[j] = Dv ? Dv[d0 + j] : 0.0f; (*Bias)[j] = dbias ? dbias[d0 + j] : 0.0f; }
+}
+
 void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const float* Bg, const float* Cg,
                     const float* Dv, const float* z, const float* dbias, const float* h0,
                     const int32_t* reset, const int32_t* end_id, float* y, float* last, float* ckpt,
@@ -165,31 +223,30 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
     const int64_t nblk = batch * (dim / W), nck = (L + K - 1) / K;
     #pragma omp parallel num_threads(nthreads)
     {
-        const int64_t Lb = L > 0 ? L : 1;
-        float* dl = (float*)malloc(sizeof(float) * W * Lb);
-        float* gate = z ? (float*)malloc(sizeof(float) * W * Lb) : 0;
-        float* tu = (float*)malloc(sizeof(float) * K * W * 4);
-        float *tdl = tu + K * W, *tg = tdl + K * W, *ty = tg + K * W;
+        float* tu = (float*)amalloc(sizeof(float) * K * W * 4);
+        float *tdl = tu + K * W, *tz = tdl + K * W, *ty = tz + K * W;
         #pragma omp for schedule(static)
         for (int64_t blk = 0; blk < nblk; blk++) {
             const int64_t b = blk / (dim / W), d0 = (blk % (dim / W)) * W, r0 = b * dim + d0;
             const float* Bb = Bg + (b * GB + d0 / (dim / GB)) * NS * L;              /* (L, N) of this block's group */
             const float* Cb = Cg + (b * GC + d0 / (dim / GC)) * NS * L;
-            vf Av[NS], h[NS], Dd;
-            for (int n = 0; n < NS; n++)
-                for (int j = 0; j < W; j++) { Av[n][j] = A[(d0 + j) * NS + n]; h[n][j] = h0 ? h0[(r0 + j) * NS + n] : 0.0f; }
-            for (int j = 0; j < W; j++) Dd[j] = Dv ? Dv[d0 + j] : 0.0f;
-            blk_prep(delta + r0 * L, dbias, z ? z + r0 * L : 0, d0, L, softplus, dl, 0, gate, 0);
+            vf Av[NS], h[NS], Dd, Bias;
+            load_params(A, Dv, dbias, d0, Av, &Dd, &Bias);
+            if (h0) rows_in(h0 + r0 * NS, NS, h); else for (int n = 0; n < NS; n++) h[n] = (vf){};
             for (int64_t t0 = 0, c = 0; t0 < L; t0 += K, c++) {
                 const int64_t nt = (t0 + K < L) ? K : L - t0;
-                if (ckpt) for (int j = 0; j < W; j++) for (int n = 0; n < NS; n++)
-                    ckpt[((r0 + j) * nck + c) * NS + n] = h[n][j];
+                if (ckpt) rows_out(h, nck * NS, ckpt + (r0 * nck + c) * NS);
                 tile_in(u + r0 * L, L, t0, nt, tu);
-                tile_in(dl, L, t0, nt, tdl);
-                if (z) tile_in(gate, L, t0, nt, tg);
+                tile_in(delta + r0 * L, L, t0, nt, tdl);
+                if (z) tile_in(z + r0 * L, L, t0, nt, tz);
                 for (int64_t k = 0; k < nt; k++) {
                     const int64_t t = t0 + k;
-                    const vf x = vload(tu + k * W), dlv = vload(tdl + k * W), dlx = dlv * x;
+                    if (t0 + K < L && (k & 48) < K) {                                /* the next chunk's rows */
+                        PREFETCH_ROWS(u + r0 * L, L, t0 + K, k, 0); PREFETCH_ROWS(delta + r0 * L, L, t0 + K, k, 0);
+                        if (z) PREFETCH_ROWS(z + r0 * L, L, t0 + K, k, 0);
+                        PREFETCH_ROWS(y + r0 * L, L, t0 + K, k, 1);
+                    }
+                    const vf x = vload(tu + k * W), dlv = vdelta(vload(tdl + k * W) + Bias, softplus, 0), dlx = dlv * x;
                     if (reset[t]) for (int n = 0; n < NS; n++) h[n] = (vf){};
                     vf acc0 = Dd * x, acc1 = (vf){};
                     for (int n = 0; n < NS; n += 2) {
@@ -200,7 +257,7 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         acc1 += Cb[t * NS + (n + 1)] * h[n + 1];
                     }
                     vf out = acc0 + acc1;
-                    if (z) out *= vload(tg + k * W);
+                    if (z) out *= vgate(vload(tz + k * W), 0);
                     vstore(ty + k * W, out);
                     if (last && end_id[t] >= 0)
                         for (int j = 0; j < W; j++) for (int n = 0; n < NS; n++)
@@ -209,9 +266,87 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                 tile_out(ty, L, t0, nt, y + r0 * L);
             }
         }
-        free(dl); free(gate); free(tu);
+        free(tu);
     }
 }
+
+/* Backward, per thread: its blocks are taken PB at a time; for each chunk in reverse, each of the PB blocks
+   recomputes the chunk's states and decays from its checkpoint, then runs the reverse pass in two halves of
+   NH state entries (the half's g and dA accumulators stay in registers). dB_t, dC_t are accumulated lane-wise
+   (vertical FMAs) into per-chunk buffers shared by the PB blocks and summed over the lanes once per chunk,
+   so the transpose-and-add tree runs once per group of PB blocks instead of once per block. */
+#define NH 8
+#define PB 4
+
+typedef struct {                                                                   /* one chunk of one block, (K, W) tiles */
+    const float *tu, *tdl, *tsg, *tdo, *tdy, *tz, *tsz;
+    float *tdu, *tdd, *typ, *tdz;
+} BwdTiles;
+
+/* reverse pass over one chunk for state entries n0 .. n0 + NH - 1. The first half leaves g . B, sum_n g a h A
+   and C . h in tdu, tdd, typ; the second adds its own and finishes du, ddelta, dz and the per-block sums. */
+static inline __attribute__((always_inline)) void bwd_half(
+    const int n0, const int second, const int with_z, const int64_t t0, const int64_t nt,
+    const vf* Av, vf Dd, const float* Bb, const float* Cb, const int32_t* reset, const int32_t* end_id,
+    const float* dlast_b, int64_t dlast_seq, const vf* H, const vf* Ab, BwdTiles T,
+    vf* gst, vf* dAst, vf* dDst, vf* dbst, vf* aB, vf* aC)
+{
+    static const vf zeros[NS];
+    vf g[NH], dA[NH];
+    for (int i = 0; i < NH; i++) { g[i] = gst[n0 + i]; dA[i] = dAst[n0 + i]; }
+    vf dD = *dDst, db = *dbst;
+    for (int64_t k = nt - 1; k >= 0; k--) {
+        const int64_t t = t0 + k;
+        if (dlast_b && end_id[t] >= 0)                                            /* dlast of the sequence ending at t */
+            for (int i = 0; i < NH; i++) for (int j = 0; j < W; j++)
+                g[i][j] += dlast_b[end_id[t] * dlast_seq + j * NS + n0 + i];
+        const vf x = vload(T.tu + k * W), dlv = vload(T.tdl + k * W), dy = vload(T.tdy + k * W), dlx = dlv * x;
+        const int rs = reset[t];
+        const vf* hp = rs ? zeros : H + k * NS;                                    /* h_{t-1} (0 at a start) */
+        const vf* hk = H + (k + 1) * NS;
+        const vf* ak = Ab + k * NS;
+        vf* bk = aB + k * NS;
+        vf* ck = aC + k * NS;
+        const float* Bt = Bb + t * NS;
+        const float* Ct = Cb + t * NS;
+        vf pdA = (vf){}, pb = (vf){}, py = (vf){};
+        #pragma GCC unroll 8
+        for (int i = 0; i < NH; i++) {
+            const int n = n0 + i;
+            const float Bn = Bt[n], Cn = Ct[n];
+            const vf gn = g[i] + dy * Cn;                                           /* g_t */
+            const vf ga = gn * ak[n];                                               /* g_{t-1} before a reset */
+            const vf gah = ga * hp[n];                                              /* g a h_{t-1} */
+            if (with_z) py += Cn * hk[n];
+            pdA += gah * Av[n];
+            dA[i] += gah * dlv;
+            pb += gn * Bn;
+            bk[n] += gn * dlx;                                                      /* dB_t[n], lane-wise */
+            ck[n] += dy * hk[n];                                                    /* dC_t[n], lane-wise */
+            g[i] = ga;
+        }
+        if (rs) for (int i = 0; i < NH; i++) g[i] = (vf){};                        /* nothing flows across a start */
+        if (!second) {
+            vstore(T.tdu + k * W, pb); vstore(T.tdd + k * W, pdA);
+            if (with_z) vstore(T.typ + k * W, py);
+        } else {
+            pb += vload(T.tdu + k * W);
+            vstore(T.tdu + k * W, dy * Dd + dlv * pb);                             /* du */
+            const vf dd = (vload(T.tdd + k * W) + pdA + x * pb) * vload(T.tsg + k * W);
+            vstore(T.tdd + k * W, dd);                                              /* ddelta = ddl d dl / d delta */
+            db += dd;
+            dD += dy * x;
+            if (with_z) {                                                           /* dz = dout ypre silu'(z) */
+                const vf yp = vload(T.typ + k * W) + py + Dd * x, s = vload(T.tsz + k * W), zz = vload(T.tz + k * W);
+                vstore(T.tdz + k * W, vload(T.tdo + k * W) * yp * s * (1.0f + zz * (1.0f - s)));
+            }
+        }
+    }
+    for (int i = 0; i < NH; i++) { gst[n0 + i] = g[i]; dAst[n0 + i] = dA[i]; }
+    *dDst = dD; *dbst = db;
+}
+
+#define GROUP_OF(blk, G) (((blk) / (dim / W)) * (G) + (((blk) % (dim / W)) * W) / (dim / (G)))
 
 void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const float* Bg, const float* Cg,
                     const float* Dv, const float* z, const float* dbias, const int32_t* reset, const int32_t* end_id,
@@ -219,121 +354,124 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                     float* du, float* ddelta, float* dA, float* dBt, float* dCt, float* dD, float* dz, float* dh0,
                     float* ddb_rows,
                     int64_t batch, int64_t dim, int64_t L, int64_t GB, int64_t GC, int64_t nseq,
-                    int64_t K, int64_t softplus, int64_t nthreads)
+                    int64_t K, int64_t softplus, int64_t nthreads, int64_t dsb, int64_t dsd, int64_t dsl)
 {
     const int64_t nblk = batch * (dim / W), nck = (L + K - 1) / K;
     const int64_t nB = batch * GB * L * NS, nC = batch * GC * L * NS;
     #pragma omp parallel num_threads(nthreads)
     {
-        const int64_t Lb = L > 0 ? L : 1;
-        float* dl = (float*)malloc(sizeof(float) * W * Lb);
-        float* sg = (float*)malloc(sizeof(float) * W * Lb);
-        float* gate = z ? (float*)malloc(sizeof(float) * W * Lb) : 0;
-        float* sz = z ? (float*)malloc(sizeof(float) * W * Lb) : 0;
-        float* ypre = z ? (float*)malloc(sizeof(float) * W * Lb) : 0;              /* C . h + D u, rows of L */
-        void* hmem = malloc(sizeof(float) * (K + 1) * NS * W + 64);              /* h_{t0-1}, h_t0, ..., per chunk */
-        float* hbuf = (float*)(((uintptr_t)hmem + 63) & ~(uintptr_t)63);           /* vf needs 64-byte alignment */
-        void* amem = malloc(sizeof(float) * K * NS * W + 64);                      /* decays a_t of the chunk */
-        float* abuf = (float*)(((uintptr_t)amem + 63) & ~(uintptr_t)63);
-        float* tu = (float*)malloc(sizeof(float) * K * W * 8);
-        float *tdl = tu + K * W, *tdy = tdl + K * W, *tdo = tdy + K * W, *tg = tdo + K * W;
-        float *tdu = tg + K * W, *tddl = tdu + K * W, *typ = tddl + K * W;
+#ifdef _OPENMP
+        const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+        const int64_t tid = 0, nth = 1;
+#endif
+        const int64_t b0 = nblk * tid / nth, b1 = nblk * (tid + 1) / nth;         /* this thread's blocks */
+        const int64_t SW = 2 * NS + 2;                                              /* per block: g, dA, dD, d bias */
+        vf* st = (vf*)amalloc(sizeof(vf) * PB * SW);
+        vf* H = (vf*)amalloc(sizeof(vf) * (K + 1) * NS);                           /* h_{t0-1}, h_t0, ... of the chunk */
+        vf* Ab = (vf*)amalloc(sizeof(vf) * K * NS);                                /* its decays */
+        vf* accB = (vf*)amalloc(sizeof(vf) * PB * K * NS);                         /* (group, k, n), lane-wise */
+        vf* accC = (vf*)amalloc(sizeof(vf) * PB * K * NS);
+        float* tl = (float*)amalloc(sizeof(float) * K * W * 11);
         float* myB = (float*)calloc(nB > 0 ? nB : 1, sizeof(float));            /* (b, GB, L, N) */
         float* myC = (float*)calloc(nC > 0 ? nC : 1, sizeof(float));
-        #pragma omp for schedule(static)
-        for (int64_t blk = 0; blk < nblk; blk++) {
-            const int64_t b = blk / (dim / W), d0 = (blk % (dim / W)) * W, r0 = b * dim + d0;
-            const int64_t gb = b * GB + d0 / (dim / GB), gc = b * GC + d0 / (dim / GC);
-            const float* Bb = Bg + gb * NS * L;
-            const float* Cb = Cg + gc * NS * L;
-            float* mB = myB + gb * L * NS;
-            float* mC = myC + gc * L * NS;
-            vf Av[NS], g[NS], dAacc[NS], zeros[NS], Dd, dDacc = (vf){};
-            for (int n = 0; n < NS; n++) {
-                g[n] = (vf){}; dAacc[n] = (vf){}; zeros[n] = (vf){};
-                for (int j = 0; j < W; j++) Av[n][j] = A[(d0 + j) * NS + n];
-            }
-            for (int j = 0; j < W; j++) Dd[j] = Dv ? Dv[d0 + j] : 0.0f;
-            blk_prep(delta + r0 * L, dbias, z ? z + r0 * L : 0, d0, L, softplus, dl, sg, gate, sz);
+        float *tu = tl, *tdl = tu + K * W, *tsg = tdl + K * W, *tdo = tsg + K * W, *tdy = tdo + K * W;
+        float *tz = tdy + K * W, *tsz = tz + K * W, *tdu = tsz + K * W, *tdd = tdu + K * W, *typ = tdd + K * W;
+        float* tdz = typ + K * W;
+        const BwdTiles T = {tu, tdl, tsg, tdo, tdy, tz, tsz, tdu, tdd, typ, tdz};
+        memset(accB, 0, sizeof(vf) * PB * K * NS);
+        memset(accC, 0, sizeof(vf) * PB * K * NS);
+        for (int64_t p0 = b0; p0 < b1; p0 += PB) {
+            const int64_t p1 = p0 + PB < b1 ? p0 + PB : b1;
+            const int64_t gB0 = GROUP_OF(p0, GB), gC0 = GROUP_OF(p0, GC);
+            const int64_t nGB = GROUP_OF(p1 - 1, GB) + 1 - gB0, nGC = GROUP_OF(p1 - 1, GC) + 1 - gC0;
+            memset(st, 0, sizeof(vf) * PB * SW);
             for (int64_t c = nck - 1; c >= 0; c--) {
                 const int64_t t0 = c * K, nt = (t0 + K < L) ? K : L - t0;
-                tile_in(u + r0 * L, L, t0, nt, tu);
-                tile_in(dl, L, t0, nt, tdl);
-                tile_in(dout + r0 * L, L, t0, nt, tdo);
-                if (z) {
-                    tile_in(gate, L, t0, nt, tg);
-                    for (int64_t i = 0; i < nt * W; i++) tdy[i] = tdo[i] * tg[i];
-                } else {
-                    for (int64_t i = 0; i < nt * W; i++) tdy[i] = tdo[i];
-                }
-                vf* H = (vf*)hbuf;                                                  /* H[(k + 1) * NS + n] = h_{t0+k}[n] */
-                vf* Ab = (vf*)abuf;                                                 /* Ab[k * NS + n] = a_{t0+k}[n] */
-                for (int j = 0; j < W; j++) for (int n = 0; n < NS; n++) H[n][j] = ckpt[((r0 + j) * nck + c) * NS + n];
-                for (int64_t k = 0; k < nt; k++) {                                  /* recompute the chunk's states */
-                    const int64_t t = t0 + k;
-                    const vf dlv = vload(tdl + k * W), dlx = dlv * vload(tu + k * W);
-                    const vf* hp = reset[t] ? zeros : H + k * NS;                     /* h_{t-1} = 0 at a start */
-                    vf* hk = H + (k + 1) * NS;
-                    vf* ak = Ab + k * NS;
-                    for (int n = 0; n < NS; n++) {
-                        const vf a = vexp(dlv * Av[n]);
-                        ak[n] = a;
-                        hk[n] = a * hp[n] + dlx * Bb[t * NS + n];
+                for (int64_t blk = p0; blk < p1; blk++) {
+                    const int64_t b = blk / (dim / W), d0 = (blk % (dim / W)) * W, r0 = b * dim + d0;
+                    const int64_t gb = GROUP_OF(blk, GB), gc = GROUP_OF(blk, GC);
+                    const float* Bb = Bg + gb * NS * L;
+                    const float* Cb = Cg + gc * NS * L;
+                    vf* gst = st + (blk - p0) * SW;
+                    vf Av[NS], Dd, Bias;
+                    load_params(A, Dv, dbias, d0, Av, &Dd, &Bias);
+                    tile_in(u + r0 * L, L, t0, nt, tu);
+                    tile_in(delta + r0 * L, L, t0, nt, tdl);
+                    const float* dorow = dout + b * dsb + d0 * dsd;                  /* dout (b, d0 + j, t) = dorow[j dsd + t dsl] */
+                    tile_in_strided(dorow, dsd, dsl, t0, nt, tdo);
+                    if (z) tile_in(z + r0 * L, L, t0, nt, tz);
+                    rows_in(ckpt + (r0 * nck + c) * NS, nck * NS, H);
+                    for (int64_t k = 0; k < nt; k++) {                              /* recompute the chunk's states */
+                        const int64_t t = t0 + k;
+                        if (c > 0 && (k & 48) < K) {                                 /* the previous chunk's rows */
+                            PREFETCH_ROWS(u + r0 * L, L, t0 - K, k, 0); PREFETCH_ROWS(delta + r0 * L, L, t0 - K, k, 0);
+                            if (dsl == 1) PREFETCH_ROWS(dorow, dsd, t0 - K, k, 0);
+                            if (z) { PREFETCH_ROWS(z + r0 * L, L, t0 - K, k, 0); PREFETCH_ROWS(dz + r0 * L, L, t0 - K, k, 1); }
+                            PREFETCH_ROWS(du + r0 * L, L, t0 - K, k, 1); PREFETCH_ROWS(ddelta + r0 * L, L, t0 - K, k, 1);
+                        }
+                        vf sg;
+                        const vf dlv = vdelta(vload(tdl + k * W) + Bias, softplus, &sg), dlx = dlv * vload(tu + k * W);
+                        vstore(tdl + k * W, dlv);
+                        vstore(tsg + k * W, sg);
+                        if (z) {
+                            vf s;
+                            const vf gate = vgate(vload(tz + k * W), &s);
+                            vstore(tsz + k * W, s);
+                            vstore(tdy + k * W, vload(tdo + k * W) * gate);
+                        } else {
+                            vstore(tdy + k * W, vload(tdo + k * W));
+                        }
+                        const vf* hp = H + k * NS;
+                        vf* hk = H + (k + 1) * NS;
+                        vf* ak = Ab + k * NS;
+                        if (reset[t]) {                                              /* h_{t-1} = 0 at a start */
+                            for (int n = 0; n < NS; n++) { ak[n] = vexp(dlv * Av[n]); hk[n] = dlx * Bb[t * NS + n]; }
+                        } else {
+                            for (int n = 0; n < NS; n++) {
+                                const vf a = vexp(dlv * Av[n]);
+                                ak[n] = a;
+                                hk[n] = a * hp[n] + dlx * Bb[t * NS + n];
+                            }
+                        }
                     }
-                }
-                for (int64_t k = nt - 1; k >= 0; k--) {                             /* reverse scan through the chunk */
-                    const int64_t t = t0 + k;
-                    const vf x = vload(tu + k * W), dlv = vload(tdl + k * W), dy = vload(tdy + k * W), dlx = dlv * x;
-                    const vf* hp = reset[t] ? zeros : H + k * NS;                     /* h_{t-1} (0 at a start) */
-                    const vf* hk = H + (k + 1) * NS;
-                    const vf* ak = Ab + k * NS;
-                    if (dlast && end_id[t] >= 0)
-                        for (int j = 0; j < W; j++) for (int n = 0; n < NS; n++)
-                            g[n][j] += dlast[((b * nseq + end_id[t]) * dim + d0 + j) * NS + n];
-                    /* ddl = sum_n g (a h_{t-1} A + B u) = sum_n (g a h_{t-1}) A + u (g . B) */
-                    vf pdA = (vf){}, pb = (vf){}, py = (vf){}, xb[NS], xc[NS];
-                    for (int n = 0; n < NS; n++) {
-                        const float Bn = Bb[t * NS + n], Cn = Cb[t * NS + n];
-                        const vf gn = g[n] + dy * Cn;
-                        const vf ga = gn * ak[n];                                   /* g_{t-1} before a reset */
-                        const vf gah = ga * hp[n];                                  /* g a h_{t-1} */
-                        py += Cn * hk[n];
-                        pdA += gah * Av[n];
-                        dAacc[n] += gah * dlv;
-                        pb += gn * Bn;
-                        xc[n] = dy * hk[n];
-                        xb[n] = gn * dlx;
-                        g[n] = ga;
+                    vf* aB = accB + (gb - gB0) * K * NS;
+                    vf* aC = accC + (gc - gC0) * K * NS;
+                    const float* dl_b = dlast ? dlast + (b * nseq * dim + d0) * NS : 0;
+                    vf *dAst = gst + NS, *dDst = dAst + NS, *dbst = dDst + 1;
+                    if (z) {
+                        bwd_half(0, 0, 1, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB, aC);
+                        bwd_half(NH, 1, 1, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB, aC);
+                    } else {
+                        bwd_half(0, 0, 0, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB, aC);
+                        bwd_half(NH, 1, 0, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB, aC);
                     }
-                    if (reset[t]) for (int n = 0; n < NS; n++) g[n] = (vf){};       /* nothing flows across a start */
-                    vreduce_add(xb, mB + t * NS);
-                    vreduce_add(xc, mC + t * NS);
-                    dDacc += dy * x;
-                    vstore(tdu + k * W, dy * Dd + dlv * pb);
-                    vstore(tddl + k * W, pdA + x * pb);
-                    vstore(typ + k * W, py + Dd * x);
+                    tile_out(tdu, L, t0, nt, du + r0 * L);
+                    tile_out(tdd, L, t0, nt, ddelta + r0 * L);
+                    if (z) tile_out(tdz, L, t0, nt, dz + r0 * L);
                 }
-                tile_out(tdu, L, t0, nt, du + r0 * L);
-                tile_out(tddl, L, t0, nt, ddelta + r0 * L);
-                if (z) tile_out(typ, L, t0, nt, ypre);
+                for (int64_t gi = 0; gi < nGB; gi++)                                /* lane sums, once per group and step */
+                    for (int64_t k = 0; k < nt; k++) {                               /* (the buffer is zeroed for the next chunk) */
+                        vf* a = accB + (gi * K + k) * NS;
+                        vreduce_add(a, myB + ((gB0 + gi) * L + t0 + k) * NS);
+                        for (int n = 0; n < NS; n++) a[n] = (vf){};
+                    }
+                for (int64_t gi = 0; gi < nGC; gi++)
+                    for (int64_t k = 0; k < nt; k++) {
+                        vf* a = accC + (gi * K + k) * NS;
+                        vreduce_add(a, myC + ((gC0 + gi) * L + t0 + k) * NS);
+                        for (int n = 0; n < NS; n++) a[n] = (vf){};
+                    }
             }
-            for (int j = 0; j < W; j++) {                                            /* row-wise, vectorised */
-                float* ddr = ddelta + (r0 + j) * L;                                  /* ddl -> ddelta */
-                const float* sgr = sg + j * L;
-                float ddsum = 0.0f;                                                  /* d delta_bias of this row */
-                #pragma omp simd reduction(+:ddsum)
-                for (int64_t t = 0; t < L; t++) { ddr[t] *= sgr[t]; ddsum += ddr[t]; }
-                if (ddb_rows) ddb_rows[r0 + j] = ddsum;
-                if (z) {                                                             /* dz = dout ypre silu'(z) */
-                    const float *zr = z + (r0 + j) * L, *dor = dout + (r0 + j) * L, *yp = ypre + j * L, *s = sz + j * L;
-                    float* dzr = dz + (r0 + j) * L;
-                    for (int64_t t = 0; t < L; t++) dzr[t] = dor[t] * yp[t] * s[t] * (1.0f + zr[t] * (1.0f - s[t]));
+            for (int64_t blk = p0; blk < p1; blk++) {
+                const int64_t r0 = (blk / (dim / W)) * dim + (blk % (dim / W)) * W;
+                const vf* gst = st + (blk - p0) * SW;
+                rows_out(gst + NS, NS, dA + r0 * NS);
+                if (dh0) rows_out(gst, NS, dh0 + r0 * NS);                             /* g after t = 0 already carries a_0 */
+                for (int j = 0; j < W; j++) {
+                    dD[r0 + j] = gst[2 * NS][j];
+                    if (ddb_rows) ddb_rows[r0 + j] = gst[2 * NS + 1][j];
                 }
-                for (int n = 0; n < NS; n++) {
-                    dA[(r0 + j) * NS + n] = dAacc[n][j];
-                    if (dh0) dh0[(r0 + j) * NS + n] = g[n][j];                     /* g after t = 0 already carries a_0 */
-                }
-                dD[r0 + j] = dDacc[j];
             }
         }
         #pragma omp critical
@@ -341,13 +479,13 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
             for (int64_t i = 0; i < nB; i++) dBt[i] += myB[i];
             for (int64_t i = 0; i < nC; i++) dCt[i] += myC[i];
         }
-        free(dl); free(sg); free(gate); free(sz); free(ypre); free(hmem); free(amem); free(tu); free(myB); free(myC);
+        free(st); free(H); free(Ab); free(accB); free(accC); free(tl); free(myB); free(myC);
     }
 }
 """
 
 _FWD_ARGS = [PTR] * 14 + [I64] * 9
-_BWD_ARGS = [PTR] * 22 + [I64] * 9
+_BWD_ARGS = [PTR] * 22 + [I64] * 12
 
 BLK_LIB = CKernel("selective_scan_blk", _SOURCE, {"ss_fwd_blk_f32": _FWD_ARGS, "ss_bwd_blk_f32": _BWD_ARGS,
                                                   "ss_exp_blk_f32": [PTR, PTR, I64]})

@@ -120,6 +120,23 @@ def test_bigger_shapes_match_reference(cpu_backend, dtype, case):
     _check_case(cpu_backend, dtype, case)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_blocked_backward_many_blocks(threads):
+    """The blocked backward takes each thread's blocks four at a time and shares the lane-wise dB/dC
+    buffers between them: 20 blocks (10 per batch row) split over 1-3 threads, so block groups are
+    uneven, straddle a B group boundary (80 channels per group) and several chunks (L = 130)."""
+    if cpu_block_kernel.BLK_LIB.load() is None:
+        pytest.skip("the channel-blocked kernels do not compile here")
+    case = (2, 160, 130, 16, 2, 1, True, True, True, True)
+    assert _uses_blocked_kernel(case, torch.float32)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_case("cpu", torch.float32, case)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.slow
 def test_bigger_shapes_triton(triton_interpreter):
     _check_case("triton", torch.float32, BIG_CASES["T63_N16_grouped"])
@@ -285,6 +302,28 @@ def test_cu_seqlens_blocked_kernel(cpu_backend):
     inputs = _inputs(1, 16, 90, 16, G=1, dtype=torch.float32)
     _compare(_run(inputs, cpu_backend, True, cu_seqlens=cu), _run(inputs, "reference", True, cu_seqlens=cu, cast=torch.float64),
              torch.float32)
+
+
+@pytest.mark.parametrize("layout", ["channel_last", "expanded", "strided_L"])
+def test_backward_reads_a_strided_output_gradient(cpu_backend, layout):
+    """dy arrives as the model makes it: channel-last (the gradient of y.transpose(1, 2) before an
+    output projection), an expanded scalar (y.sum()) or strided in time; the blocked kernels read
+    it in place. Gradients equal those of the same dy made contiguous."""
+    b, d, L, N = 2, 32, 70, 16
+    inputs = _inputs(b, d, L, N, G=1, dtype=torch.float32)
+    leaves = [v for v in inputs.values() if v is not None]
+    g = torch.Generator().manual_seed(4)
+    dense = torch.randn(b, d, 2 * L, generator=g)
+    dy = {"channel_last": dense[..., :L].transpose(1, 2).contiguous().transpose(1, 2),
+          "expanded": torch.full((1, 1, 1), 0.7).expand(b, d, L),
+          "strided_L": dense[..., ::2]}[layout]
+    assert not dy.is_contiguous()
+    y = selective_scan(**inputs, delta_softplus=True, backend=cpu_backend)
+    got = torch.autograd.grad(y, leaves, dy)
+    y = selective_scan(**inputs, delta_softplus=True, backend=cpu_backend)
+    want = torch.autograd.grad(y, leaves, dy.contiguous())
+    for name, a, e in zip([k for k, v in inputs.items() if v is not None], got, want):
+        assert_close(a, e, rtol=1e-6, atol=1e-6, name=f"d{name}")
 
 
 @pytest.mark.parametrize("grouped", [False, True])
