@@ -92,12 +92,16 @@ def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, delta_softplus, need_ckpt, backend = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, output[2])
     ctx.delta_softplus, ctx.backend = delta_softplus, backend
+    ctx.mark_non_differentiable(output[2])          # the checkpoints are internal
+    ctx.set_materialize_grads(False)                # no zero-filled dlast when the last state is unused
 
 
 def _backward(ctx, dy, dlast, _dckpt):
     u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, ckpt = ctx.saved_tensors
     if ckpt.numel() == 0 and u.numel() > 0:
         raise RuntimeError("selective_scan: backward needs the forward's checkpoints; internal error")
+    if dy is None:                                  # only the last state was used
+        dy = torch.zeros((), dtype=u.dtype, device=u.device).expand(u.shape)
     grads = _scan_bwd_op(dy, dlast, u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens,
                          ctx.delta_softplus, ckpt, ctx.backend)
     present = (u, delta, A, B, C, D, z, delta_bias, h0)

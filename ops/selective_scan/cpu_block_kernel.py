@@ -24,8 +24,11 @@ the dA accumulators of a half stay in registers). ddl_t, du_t, ypre_t are per-la
 dB_t[n] = sum_d g dl u and dC_t[n] = sum_d dy h are sums over channels: they are accumulated
 lane-wise (one vertical FMA per n) into per-chunk buffers shared by the PB blocks, and summed over
 the lanes by a transpose-and-add tree of 15 two-vector shuffles once per chunk step for the PB
-blocks together (before: once per block and step, 40% of the reverse pass). dout is read with
-its strides (channel-last when it is the gradient of y.transpose(1, 2); an expanded scalar).
+blocks together (before: once per block and step, 40% of the reverse pass). Whatever needs no g
+(dC_t, ypre_t = C_t . h_t + D u_t, dz_t) is done in the recompute pass, whose exps leave room for
+the memory traffic; the reverse pass, bound by L2 traffic of the chunk's buffers (h, decays, dB),
+keeps only what needs g. dout is read with its strides (channel-last when it is the gradient of
+y.transpose(1, 2); an expanded scalar).
 
 Used when the compiler has ``__builtin_shufflevector`` (gcc >= 12, clang), the dtype is float32,
 N = 16 and dim // G is a multiple of 16 for B and C; otherwise ``cpu_kernel``'s row kernels run.
@@ -279,17 +282,19 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
 #define PB 4
 
 typedef struct {                                                                   /* one chunk of one block, (K, W) tiles */
-    const float *tu, *tdl, *tsg, *tdo, *tdy, *tz, *tsz;
-    float *tdu, *tdd, *typ, *tdz;
+    const float *tu, *tdl, *tsg, *tdy;
+    float *tdu, *tdd;
 } BwdTiles;
 
-/* reverse pass over one chunk for state entries n0 .. n0 + NH - 1. The first half leaves g . B, sum_n g a h A
-   and C . h in tdu, tdd, typ; the second adds its own and finishes du, ddelta, dz and the per-block sums. */
+/* reverse pass over one chunk for state entries n0 .. n0 + NH - 1: g, dA, and dB_t lane-wise. The first half
+   leaves g . B and sum_n g a h A in tdu, tdd; the second adds its own and finishes du, ddelta and the per-block
+   sums. (dC_t = dy h_t, C . h_t and dz need no g: the recompute pass does them, where h_t is in a register and
+   the loop is bound by its exps rather than by this pass's L2 traffic.) */
 static inline __attribute__((always_inline)) void bwd_half(
-    const int n0, const int second, const int with_z, const int64_t t0, const int64_t nt,
+    const int n0, const int second, const int64_t t0, const int64_t nt,
     const vf* Av, vf Dd, const float* Bb, const float* Cb, const int32_t* reset, const int32_t* end_id,
     const float* dlast_b, int64_t dlast_seq, const vf* H, const vf* Ab, BwdTiles T,
-    vf* gst, vf* dAst, vf* dDst, vf* dbst, vf* aB, vf* aC)
+    vf* gst, vf* dAst, vf* dDst, vf* dbst, vf* aB)
 {
     static const vf zeros[NS];
     vf g[NH], dA[NH];
@@ -303,13 +308,11 @@ static inline __attribute__((always_inline)) void bwd_half(
         const vf x = vload(T.tu + k * W), dlv = vload(T.tdl + k * W), dy = vload(T.tdy + k * W), dlx = dlv * x;
         const int rs = reset[t];
         const vf* hp = rs ? zeros : H + k * NS;                                    /* h_{t-1} (0 at a start) */
-        const vf* hk = H + (k + 1) * NS;
         const vf* ak = Ab + k * NS;
         vf* bk = aB + k * NS;
-        vf* ck = aC + k * NS;
         const float* Bt = Bb + t * NS;
         const float* Ct = Cb + t * NS;
-        vf pdA = (vf){}, pb = (vf){}, py = (vf){};
+        vf pdA = (vf){}, pb = (vf){};
         #pragma GCC unroll 8
         for (int i = 0; i < NH; i++) {
             const int n = n0 + i;
@@ -317,18 +320,15 @@ static inline __attribute__((always_inline)) void bwd_half(
             const vf gn = g[i] + dy * Cn;                                           /* g_t */
             const vf ga = gn * ak[n];                                               /* g_{t-1} before a reset */
             const vf gah = ga * hp[n];                                              /* g a h_{t-1} */
-            if (with_z) py += Cn * hk[n];
             pdA += gah * Av[n];
             dA[i] += gah * dlv;
             pb += gn * Bn;
             bk[n] += gn * dlx;                                                      /* dB_t[n], lane-wise */
-            ck[n] += dy * hk[n];                                                    /* dC_t[n], lane-wise */
             g[i] = ga;
         }
         if (rs) for (int i = 0; i < NH; i++) g[i] = (vf){};                        /* nothing flows across a start */
         if (!second) {
             vstore(T.tdu + k * W, pb); vstore(T.tdd + k * W, pdA);
-            if (with_z) vstore(T.typ + k * W, py);
         } else {
             pb += vload(T.tdu + k * W);
             vstore(T.tdu + k * W, dy * Dd + dlv * pb);                             /* du */
@@ -336,16 +336,13 @@ static inline __attribute__((always_inline)) void bwd_half(
             vstore(T.tdd + k * W, dd);                                              /* ddelta = ddl d dl / d delta */
             db += dd;
             dD += dy * x;
-            if (with_z) {                                                           /* dz = dout ypre silu'(z) */
-                const vf yp = vload(T.typ + k * W) + py + Dd * x, s = vload(T.tsz + k * W), zz = vload(T.tz + k * W);
-                vstore(T.tdz + k * W, vload(T.tdo + k * W) * yp * s * (1.0f + zz * (1.0f - s)));
-            }
         }
     }
     for (int i = 0; i < NH; i++) { gst[n0 + i] = g[i]; dAst[n0 + i] = dA[i]; }
     *dDst = dD; *dbst = db;
 }
 
+static const vf zeros16[NS];
 #define GROUP_OF(blk, G) (((blk) / (dim / W)) * (G) + (((blk) % (dim / W)) * W) / (dim / (G)))
 
 void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const float* Bg, const float* Cg,
@@ -372,13 +369,12 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
         vf* Ab = (vf*)amalloc(sizeof(vf) * K * NS);                                /* its decays */
         vf* accB = (vf*)amalloc(sizeof(vf) * PB * K * NS);                         /* (group, k, n), lane-wise */
         vf* accC = (vf*)amalloc(sizeof(vf) * PB * K * NS);
-        float* tl = (float*)amalloc(sizeof(float) * K * W * 11);
+        float* tl = (float*)amalloc(sizeof(float) * K * W * 10);
         float* myB = (float*)calloc(nB > 0 ? nB : 1, sizeof(float));            /* (b, GB, L, N) */
         float* myC = (float*)calloc(nC > 0 ? nC : 1, sizeof(float));
         float *tu = tl, *tdl = tu + K * W, *tsg = tdl + K * W, *tdo = tsg + K * W, *tdy = tdo + K * W;
-        float *tz = tdy + K * W, *tsz = tz + K * W, *tdu = tsz + K * W, *tdd = tdu + K * W, *typ = tdd + K * W;
-        float* tdz = typ + K * W;
-        const BwdTiles T = {tu, tdl, tsg, tdo, tdy, tz, tsz, tdu, tdd, typ, tdz};
+        float *tz = tdy + K * W, *tsz = tz + K * W, *tdu = tsz + K * W, *tdd = tdu + K * W, *tdz = tdd + K * W;
+        const BwdTiles T = {tu, tdl, tsg, tdy, tdu, tdd};
         memset(accB, 0, sizeof(vf) * PB * K * NS);
         memset(accC, 0, sizeof(vf) * PB * K * NS);
         for (int64_t p0 = b0; p0 < b1; p0 += PB) {
@@ -414,38 +410,36 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         const vf dlv = vdelta(vload(tdl + k * W) + Bias, softplus, &sg), dlx = dlv * vload(tu + k * W);
                         vstore(tdl + k * W, dlv);
                         vstore(tsg + k * W, sg);
+                        vf dy = vload(tdo + k * W);                                  /* dy = dout silu(z) */
                         if (z) {
                             vf s;
-                            const vf gate = vgate(vload(tz + k * W), &s);
+                            dy *= vgate(vload(tz + k * W), &s);
                             vstore(tsz + k * W, s);
-                            vstore(tdy + k * W, vload(tdo + k * W) * gate);
-                        } else {
-                            vstore(tdy + k * W, vload(tdo + k * W));
                         }
-                        const vf* hp = H + k * NS;
+                        vstore(tdy + k * W, dy);
+                        const vf* hp = reset[t] ? zeros16 : H + k * NS;              /* h_{t-1} = 0 at a start */
                         vf* hk = H + (k + 1) * NS;
                         vf* ak = Ab + k * NS;
-                        if (reset[t]) {                                              /* h_{t-1} = 0 at a start */
-                            for (int n = 0; n < NS; n++) { ak[n] = vexp(dlv * Av[n]); hk[n] = dlx * Bb[t * NS + n]; }
-                        } else {
-                            for (int n = 0; n < NS; n++) {
-                                const vf a = vexp(dlv * Av[n]);
-                                ak[n] = a;
-                                hk[n] = a * hp[n] + dlx * Bb[t * NS + n];
-                            }
+                        vf* ck = accC + ((gc - gC0) * K + k) * NS;
+                        vf p0 = Dd * vload(tu + k * W), p1 = (vf){};
+                        for (int n = 0; n < NS; n += 2) {
+                            const vf a0 = vexp(dlv * Av[n]), a1 = vexp(dlv * Av[n + 1]);
+                            ak[n] = a0; ak[n + 1] = a1;
+                            const vf h0 = a0 * hp[n] + dlx * Bb[t * NS + n], h1 = a1 * hp[n + 1] + dlx * Bb[t * NS + n + 1];
+                            hk[n] = h0; hk[n + 1] = h1;
+                            ck[n] += dy * h0; ck[n + 1] += dy * h1;                  /* dC_t[n], lane-wise */
+                            p0 += Cb[t * NS + n] * h0; p1 += Cb[t * NS + n + 1] * h1;
+                        }
+                        if (z) {                                                     /* dz = dout ypre silu'(z), ypre = C . h + D u */
+                            const vf s = vload(tsz + k * W), zz = vload(tz + k * W);
+                            vstore(tdz + k * W, vload(tdo + k * W) * (p0 + p1) * s * (1.0f + zz * (1.0f - s)));
                         }
                     }
                     vf* aB = accB + (gb - gB0) * K * NS;
-                    vf* aC = accC + (gc - gC0) * K * NS;
                     const float* dl_b = dlast ? dlast + (b * nseq * dim + d0) * NS : 0;
                     vf *dAst = gst + NS, *dDst = dAst + NS, *dbst = dDst + 1;
-                    if (z) {
-                        bwd_half(0, 0, 1, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB, aC);
-                        bwd_half(NH, 1, 1, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB, aC);
-                    } else {
-                        bwd_half(0, 0, 0, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB, aC);
-                        bwd_half(NH, 1, 0, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB, aC);
-                    }
+                    bwd_half(0, 0, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB);
+                    bwd_half(NH, 1, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB);
                     tile_out(tdu, L, t0, nt, du + r0 * L);
                     tile_out(tdd, L, t0, nt, ddelta + r0 * L);
                     if (z) tile_out(tdz, L, t0, nt, dz + r0 * L);

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-__all__ = ["time_call", "rss_bytes", "peak_rss_bytes", "run_isolated", "markdown_table"]
+__all__ = ["time_call", "time_pairs", "rss_bytes", "peak_rss_bytes", "run_isolated", "markdown_table"]
 
 
 def _sync(device=None):
@@ -38,6 +38,24 @@ def time_call(fn, repeats: int = 5, warmup: int = 1, budget_s: float = 20.0) -> 
     return statistics.median(times)
 
 
+def time_pairs(f, g, repeats: int = 5, warmup: int = 1, budget_s: float = 30.0) -> tuple[list[float], list[float]]:
+    """Seconds of f() and g() called alternately, ``repeats`` pairs after ``warmup`` (fewer when slow)."""
+    for _ in range(warmup):
+        f(), g()
+    _sync()
+    tf, tg = [], []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for fn, out in ((f, tf), (g, tg)):
+            t0 = time.perf_counter()
+            fn()
+            _sync()
+            out.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return tf, tg
+
+
 def rss_bytes() -> int:
     """Current resident set size (Linux /proc; falls back to the peak elsewhere)."""
     try:
@@ -52,12 +70,12 @@ def peak_rss_bytes() -> int:
     return r * 1024 if sys.platform != "darwin" else r
 
 
-def run_isolated(module: str, func: str, payload: dict, timeout: float = 3600) -> dict:
-    """Run ``module.func(payload) -> dict`` in a fresh interpreter (clean peak-RSS counter)."""
+def run_isolated(module: str, func: str, payload: dict, timeout: float = 3600, env: dict | None = None) -> dict:
+    """Run ``module.func(payload) -> dict`` in a fresh interpreter (clean peak-RSS counter), with ``env``."""
     code = (f"import json, sys; from {module} import {func} as f; "
             f"print('@@RESULT@@' + json.dumps(f(json.loads(sys.stdin.read()))))")
     r = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True, text=True,
-                       timeout=timeout)
+                       timeout=timeout, env=env)
     for line in r.stdout.splitlines():
         if line.startswith("@@RESULT@@"):
             return json.loads(line[len("@@RESULT@@"):])

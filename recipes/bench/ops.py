@@ -5,20 +5,32 @@ Cases come from ``parazoo.recipes.bench.op_cases.<op>.cases(quick)``. Each (case
 runs in a fresh subprocess so that the CPU peak-memory reading (growth of peak RSS during the
 first call) belongs to that call alone. On CUDA the allocator's peak is used.
 
+Timing: after a warm-up, forward and forward+backward calls alternate (``--repeats`` pairs) and
+each is reported as its median; ``fwd+bwd / fwd`` is the median of the per-pair ratios, so a
+machine whose speed drifts between the two phases cannot skew it.
+
+CPU allocator: by default the subprocess runs with glibc told to keep freed memory
+(``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``), as a caching allocator (jemalloc,
+tcmalloc, PyTorch's CUDA allocator) would. With glibc's defaults every call's fresh 12 MB outputs
+come back from the kernel as new pages, and on a VM the page faults alone can cost more than the
+op (selective_scan's backward: ~9,000 faults, 10-30 ms). ``--default-malloc`` measures that way.
+
     parazoo bench ops [--quick] [--ops selective_scan,ssd] [--backends cpu,reference]
-                      [--device cpu|cuda] [--ref-backward] [--kernels] [--out results.json]
+                      [--device cpu|cuda] [--ref-backward] [--kernels] [--default-malloc] [--out results.json]
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
 import pkgutil
+import statistics
 import sys
 
 import torch
 
-from ._measure import markdown_table, peak_rss_bytes, rss_bytes, run_isolated, time_call
+from ._measure import markdown_table, peak_rss_bytes, rss_bytes, run_isolated, time_call, time_pairs
 
 
 def _load_cases(quick: bool, only: set[str] | None):
@@ -69,13 +81,16 @@ def measure_one(p: dict) -> dict:
         base = rss_bytes()
     fwd()
     res["fwd_peak_mb"] = round(((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base) / 2**20, 1)
-    res["fwd_s"] = time_call(fwd, repeats=p["repeats"])
-    if case.grad and p["backward"]:
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        fwdbwd()
-        res["fwdbwd_peak_mb"] = round(((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base) / 2**20, 1)
-        res["fwdbwd_s"] = time_call(fwdbwd, repeats=p["repeats"])
+    if not (case.grad and p["backward"]):
+        res["fwd_s"] = time_call(fwd, repeats=p["repeats"])
+        return res
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    fwdbwd()
+    res["fwdbwd_peak_mb"] = round(((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base) / 2**20, 1)
+    tf, tfb = time_pairs(fwd, fwdbwd, repeats=p["repeats"])
+    res["fwd_s"], res["fwdbwd_s"] = statistics.median(tf), statistics.median(tfb)
+    res["fwdbwd_over_fwd"] = round(statistics.median([b / a for a, b in zip(tf, tfb)]), 2)
     return res
 
 
@@ -97,8 +112,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-backward", action="store_true", help="also time the reference's backward when it is slow")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--kernels", action="store_true", help="also report ptxas registers/spills (sm_90) per Triton kernel")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="CPU: glibc's default trimming (fresh outputs page-fault on every call) instead of keeping freed memory")
     ap.add_argument("--out", default="", help="write results as JSON here")
     args = ap.parse_args(argv)
+    env = None if args.default_malloc else {**os.environ, **KEEP_FREED_MEMORY}
     only = set(filter(None, args.ops.split(","))) or None
     want = set(filter(None, args.backends.split(","))) or None
     rows = []
@@ -115,7 +133,7 @@ def main(argv=None) -> int:
             payload = dict(module=module, index=idx, quick=args.quick, device=args.device, backend=backend,
                            repeats=1 if backend == "reference" else args.repeats,
                            backward=not (slow_ref and not args.ref_backward))
-            r = run_isolated("parazoo.recipes.bench.ops", "measure_one", payload)
+            r = run_isolated("parazoo.recipes.bench.ops", "measure_one", payload, env=env)
             row = {"op": case.op, "shape": case.shape, "backend": backend, **r}
             if backend == "reference" and "fwd_s" in r:
                 ref_time = r["fwd_s"]
@@ -136,11 +154,13 @@ def main(argv=None) -> int:
                 r[k.replace("_s", "_ms")] = round(r[k] * 1e3, 2)
     cols = [("op", "op"), ("shape", "shape"), ("backend", "backend"), ("fwd_ms", "fwd ms"), ("fwdbwd_ms", "fwd+bwd ms"),
             ("fwd_peak_mb", "fwd peak MB"), ("fwdbwd_peak_mb", "fwd+bwd peak MB"), ("fwd_speedup_vs_ref", "fwd x ref"),
-            ("fwd_vs_copy", "fwd / memcpy")]
+            ("fwdbwd_over_fwd", "fwd+bwd / fwd"), ("fwd_vs_copy", "fwd / memcpy")]
     print()
-    print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"malloc: {'glibc defaults' if args.default_malloc else 'freed memory kept'}")
     print(markdown_table(rows, cols))
-    result = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    result = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "malloc": "default" if args.default_malloc else "keep", "rows": rows}
     if args.kernels:
         kt = kernel_table()
         print()
@@ -153,6 +173,9 @@ def main(argv=None) -> int:
             json.dump(result, f, indent=2)
     return 0
 
+
+# glibc: no trimming of the heap top, and big blocks from the heap rather than fresh mmaps
+KEEP_FREED_MEMORY = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
 
 _COPY_CACHE: dict = {}
 

@@ -304,6 +304,23 @@ def test_cu_seqlens_blocked_kernel(cpu_backend):
              torch.float32)
 
 
+@pytest.mark.parametrize("which", ["y", "last"])
+def test_gradients_through_one_output_only(backend, which):
+    """A loss on y alone (no dlast is materialised) or on the last state alone (dy is None in the
+    backward): gradients equal the reference's."""
+    inputs = _inputs(2, 4, 19, 3, G=2, dtype=torch.float64)
+    leaves = [v for v in inputs.values() if v is not None]
+    grads = {}
+    for bk in (backend, "reference"):
+        y, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend=bk)
+        out = y if which == "y" else last
+        grads[bk] = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum(),
+                                        leaves, allow_unused=True)
+    for name, a, e, x in zip([k for k, v in inputs.items() if v is not None], grads[backend], grads["reference"], leaves):
+        zero = torch.zeros_like(x)                   # D and z do not reach the last state: unused (None) or zeros
+        assert_close(zero if a is None else a, zero if e is None else e, name=f"d{name}")
+
+
 @pytest.mark.parametrize("layout", ["channel_last", "expanded", "strided_L"])
 def test_backward_reads_a_strided_output_gradient(cpu_backend, layout):
     """dy arrives as the model makes it: channel-last (the gradient of y.transpose(1, 2) before an
