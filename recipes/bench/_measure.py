@@ -13,7 +13,7 @@ import time
 
 import torch
 
-__all__ = ["time_call", "time_pairs", "rss_bytes", "peak_rss_bytes", "run_isolated", "markdown_table"]
+__all__ = ["time_call", "time_pairs", "release_free_memory", "rss_bytes", "peak_rss_bytes", "run_isolated", "markdown_table"]
 
 
 def _sync(device=None):
@@ -56,9 +56,22 @@ def time_pairs(f, g, repeats: int = 5, warmup: int = 1, budget_s: float = 30.0) 
     return tf, tg
 
 
-def rss_bytes() -> int:
-    """Current resident set size (Linux /proc; falls back to the peak elsewhere)."""
+def release_free_memory() -> None:
+    """Return the C heap's free memory to the OS (glibc ``malloc_trim``), so that the next call's
+    allocations show up as RSS growth even when freed memory is otherwise kept."""
     try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+def rss_bytes() -> int:
+    """Current resident set size, after resetting the peak counter (Linux /proc; elsewhere the
+    process's lifetime peak, so growth readings there include earlier peaks)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak RSS (VmHWM) to the current RSS
+            f.write("5")
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:  # pragma: no cover
@@ -66,6 +79,14 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
+    """Peak RSS since the last ``rss_bytes()`` (VmHWM) on Linux, else since the process started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r * 1024 if sys.platform != "darwin" else r
 

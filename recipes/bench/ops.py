@@ -2,8 +2,9 @@
 each backend, against its sequential reference; plus registers/spills of every Triton kernel.
 
 Cases come from ``parazoo.recipes.bench.op_cases.<op>.cases(quick)``. Each (case, backend)
-runs in a fresh subprocess so that the CPU peak-memory reading (growth of peak RSS during the
-first call) belongs to that call alone. On CUDA the allocator's peak is used.
+runs in a fresh subprocess. Peak extra memory: on CUDA the allocator's peak; on CPU the growth of
+the peak RSS (reset through /proc/self/clear_refs) during one call after a warm-up call, with the
+heap's free memory handed back to the OS first (malloc_trim) so that reused memory counts too.
 
 Timing: after a warm-up, forward and forward+backward calls alternate (``--repeats`` pairs) and
 each is reported as its median; ``fwd+bwd / fwd`` is the median of the per-pair ratios, so a
@@ -30,7 +31,8 @@ import sys
 
 import torch
 
-from ._measure import markdown_table, peak_rss_bytes, rss_bytes, run_isolated, time_call, time_pairs
+from ._measure import (markdown_table, peak_rss_bytes, release_free_memory, rss_bytes, run_isolated, time_call,
+                       time_pairs)
 
 
 def _load_cases(quick: bool, only: set[str] | None):
@@ -66,28 +68,36 @@ def measure_one(p: dict) -> dict:
         with torch.no_grad():
             return case.run(inputs, backend)
 
-    def fwdbwd():
+    def clear_grads():
         for v in inputs.values():
             if isinstance(v, torch.Tensor):
                 v.grad = None
+
+    def fwdbwd():
+        clear_grads()
         y = _first(case.run(inputs, backend))
         y.float().sum().backward()
 
-    # first call: peak extra memory (and any one-time compile)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = rss_bytes()
-    fwd()
-    res["fwd_peak_mb"] = round(((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base) / 2**20, 1)
+    def peak_mb(fn) -> float:
+        """Peak extra memory of one call: CUDA allocator peak, or CPU RSS growth after the heap's
+        free memory went back to the OS (so reused memory counts too)."""
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            clear_grads()                   # last call's gradients are freed before, not during, the call
+            release_free_memory()
+            base = rss_bytes()
+        fn()
+        return round(((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base) / 2**20, 1)
+
+    fwd()                                   # one-time costs (imports, compiles) are not the op's memory
+    res["fwd_peak_mb"] = peak_mb(fwd)
     if not (case.grad and p["backward"]):
         res["fwd_s"] = time_call(fwd, repeats=p["repeats"])
         return res
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     fwdbwd()
-    res["fwdbwd_peak_mb"] = round(((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base) / 2**20, 1)
+    res["fwdbwd_peak_mb"] = peak_mb(fwdbwd)
     tf, tfb = time_pairs(fwd, fwdbwd, repeats=p["repeats"])
     res["fwd_s"], res["fwdbwd_s"] = statistics.median(tf), statistics.median(tfb)
     res["fwdbwd_over_fwd"] = round(statistics.median([b / a for a, b in zip(tf, tfb)]), 2)
