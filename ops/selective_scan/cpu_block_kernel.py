@@ -195,9 +195,19 @@ void ss_exp_blk_f32(const float* x, float* y, int64_t n) {
     }
 }
 
-static void* amalloc(size_t bytes) {                                               /* 64-byte aligned (vf) */
-    void* p = 0;
-    return posix_memalign(&p, 64, bytes > 0 ? bytes : 64) == 0 ? p : 0;
+/* 64-byte aligned blocks for vf buffers (plain C99: no posix_memalign), the malloc'd pointer kept just before */
+static void* amalloc(size_t bytes) {
+    char* raw = (char*)malloc(bytes + 64 + sizeof(void*));
+    if (!raw) return 0;
+    char* p = (char*)(((uintptr_t)(raw + sizeof(void*)) + 63) & ~(uintptr_t)63);
+    memcpy(p - sizeof(void*), &raw, sizeof(void*));
+    return p;
+}
+static void afree(void* p) {
+    if (!p) return;
+    void* raw;
+    memcpy(&raw, (char*)p - sizeof(void*), sizeof(void*));
+    free(raw);
 }
 
 /* m[n] lane j = X[j * stride + n] (16 rows of 16 contiguous floats, e.g. a block's (W, N) slice), and back */
@@ -269,7 +279,7 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                 tile_out(ty, L, t0, nt, y + r0 * L);
             }
         }
-        free(tu);
+        afree(tu);
     }
 }
 
@@ -473,7 +483,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
             for (int64_t i = 0; i < nB; i++) dBt[i] += myB[i];
             for (int64_t i = 0; i < nC; i++) dCt[i] += myC[i];
         }
-        free(st); free(H); free(Ab); free(accB); free(accC); free(tl); free(myB); free(myC);
+        afree(st); afree(H); afree(Ab); afree(accB); afree(accC); afree(tl); free(myB); free(myC);
     }
 }
 """
