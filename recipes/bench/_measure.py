@@ -13,7 +13,7 @@ import time
 
 import torch
 
-__all__ = ["time_call", "time_pairs", "release_free_memory", "rss_bytes", "peak_rss_bytes", "run_isolated", "markdown_table"]
+__all__ = ["time_rounds", "time_call", "time_pairs", "release_free_memory", "rss_bytes", "peak_rss_bytes", "run_isolated", "markdown_table"]
 
 
 def _sync(device=None):
@@ -21,38 +21,34 @@ def _sync(device=None):
         torch.cuda.synchronize()
 
 
-def time_call(fn, repeats: int = 5, warmup: int = 1, budget_s: float = 20.0) -> float:
-    """Median seconds of fn() over up to ``repeats`` runs (fewer when one run is slow)."""
+def time_rounds(*fns, repeats: int = 5, warmup: int = 1, budget_s: float = 30.0) -> list[list[float]]:
+    """Seconds of each fn, called in turn for ``repeats`` rounds after ``warmup`` rounds (fewer
+    rounds once ``budget_s`` is spent): one list of times per fn."""
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     _sync()
-    times = []
+    times = [[] for _ in fns]
     start = time.perf_counter()
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s:
-            break
-    return statistics.median(times)
-
-
-def time_pairs(f, g, repeats: int = 5, warmup: int = 1, budget_s: float = 30.0) -> tuple[list[float], list[float]]:
-    """Seconds of f() and g() called alternately, ``repeats`` pairs after ``warmup`` (fewer when slow)."""
-    for _ in range(warmup):
-        f(), g()
-    _sync()
-    tf, tg = [], []
-    start = time.perf_counter()
-    for _ in range(repeats):
-        for fn, out in ((f, tf), (g, tg)):
+        for fn, out in zip(fns, times):
             t0 = time.perf_counter()
             fn()
             _sync()
             out.append(time.perf_counter() - t0)
         if time.perf_counter() - start > budget_s:
             break
+    return times
+
+
+def time_call(fn, repeats: int = 5, warmup: int = 1, budget_s: float = 20.0) -> float:
+    """Median seconds of fn() over up to ``repeats`` runs (fewer when one run is slow)."""
+    return statistics.median(time_rounds(fn, repeats=repeats, warmup=warmup, budget_s=budget_s)[0])
+
+
+def time_pairs(f, g, repeats: int = 5, warmup: int = 1, budget_s: float = 30.0) -> tuple[list[float], list[float]]:
+    """Seconds of f() and g() called alternately, ``repeats`` pairs after ``warmup`` (fewer when slow)."""
+    tf, tg = time_rounds(f, g, repeats=repeats, warmup=warmup, budget_s=budget_s)
     return tf, tg
 
 
