@@ -353,6 +353,16 @@ static inline __attribute__((always_inline)) void bwd_half(
 }
 
 static const vf zeros16[NS];
+/* out[(g L + k) N + n] += sum over lanes of acc[(g K + k) N + n] for ng groups, nt steps; acc is left zeroed */
+static inline void lane_sums(vf* acc, int64_t ng, int64_t K, int64_t nt, float* out, int64_t L) {
+    for (int64_t g = 0; g < ng; g++)
+        for (int64_t k = 0; k < nt; k++) {
+            vf* a = acc + (g * K + k) * NS;
+            vreduce_add(a, out + (g * L + k) * NS);
+            for (int n = 0; n < NS; n++) a[n] = (vf){};
+        }
+}
+
 #define GROUP_OF(blk, G) (((blk) / (dim / W)) * (G) + (((blk) % (dim / W)) * W) / (dim / (G)))
 
 void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const float* Bg, const float* Cg,
@@ -454,18 +464,8 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                     tile_out(tdd, L, t0, nt, ddelta + r0 * L);
                     if (z) tile_out(tdz, L, t0, nt, dz + r0 * L);
                 }
-                for (int64_t gi = 0; gi < nGB; gi++)                                /* lane sums, once per group and step */
-                    for (int64_t k = 0; k < nt; k++) {                               /* (the buffer is zeroed for the next chunk) */
-                        vf* a = accB + (gi * K + k) * NS;
-                        vreduce_add(a, myB + ((gB0 + gi) * L + t0 + k) * NS);
-                        for (int n = 0; n < NS; n++) a[n] = (vf){};
-                    }
-                for (int64_t gi = 0; gi < nGC; gi++)
-                    for (int64_t k = 0; k < nt; k++) {
-                        vf* a = accC + (gi * K + k) * NS;
-                        vreduce_add(a, myC + ((gC0 + gi) * L + t0 + k) * NS);
-                        for (int n = 0; n < NS; n++) a[n] = (vf){};
-                    }
+                lane_sums(accB, nGB, K, nt, myB + (gB0 * L + t0) * NS, L);            /* once per group and step */
+                lane_sums(accC, nGC, K, nt, myC + (gC0 * L + t0) * NS, L);
             }
             for (int64_t blk = p0; blk < p1; blk++) {
                 const int64_t r0 = (blk / (dim / W)) * dim + (blk % (dim / W)) * W;
