@@ -20,4 +20,6 @@ def test_bench_ops_quick_case_writes_paired_results(tmp_path, capsys):
     (row,) = res["rows"]
     assert row["backend"] == "cpu" and "error" not in row, row
     assert row["fwd_s"] > 0 and row["fwdbwd_s"] > 0 and row["fwdbwd_over_fwd"] > 0
+    # the op's own memory (y is 1.5 MB here), not the imports of a first call (that read ~150 MB)
+    assert 0 <= row["fwd_peak_mb"] < 50 and row["fwd_peak_mb"] <= row["fwdbwd_peak_mb"] < 100, row
     assert "freed memory kept" in capsys.readouterr().out
