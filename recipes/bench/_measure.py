@@ -13,7 +13,7 @@ import time
 
 import torch
 
-__all__ = ["time_rounds", "time_call", "time_pairs", "release_free_memory", "rss_bytes", "peak_rss_bytes", "run_isolated", "markdown_table"]
+__all__ = ["time_rounds", "time_call", "time_pairs", "peak_extra_mb", "release_free_memory", "rss_bytes", "peak_rss_bytes", "run_isolated", "markdown_table"]
 
 
 def _sync(device=None):
@@ -50,6 +50,23 @@ def time_pairs(f, g, repeats: int = 5, warmup: int = 1, budget_s: float = 30.0) 
     """Seconds of f() and g() called alternately, ``repeats`` pairs after ``warmup`` (fewer when slow)."""
     tf, tg = time_rounds(f, g, repeats=repeats, warmup=warmup, budget_s=budget_s)
     return tf, tg
+
+
+def peak_extra_mb(fn, cuda: bool, before=None) -> float:
+    """Peak extra memory of one call of fn (MB): the CUDA allocator's peak, or on CPU the growth of
+    the peak RSS after ``before()`` (e.g. dropping the last call's gradients) and with the heap's free
+    memory returned to the OS first, so reused memory counts too. Call fn once before (warm-up):
+    imports and compiles of a first call are not the op's memory."""
+    if before is not None:
+        before()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        release_free_memory()
+        base = rss_bytes()
+    fn()
+    return round(((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base) / 2**20, 1)
 
 
 def release_free_memory() -> None:

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from ._measure import markdown_table, peak_rss_bytes, rss_bytes, run_isolated, time_call
+from ._measure import markdown_table, peak_extra_mb, run_isolated, time_call
 
 
 def _build(p: dict, device):
@@ -34,17 +34,6 @@ def _build(p: dict, device):
         torch.set_num_threads(p["threads"])
     torch.manual_seed(0)
     return MIXERS[p["mixer"]](p["d_model"]).to(device)
-
-
-def _mem_base(cuda: bool) -> int:
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    return rss_bytes()
-
-
-def _mem_peak_mb(cuda: bool, base: int) -> float:
-    return round(((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base) / 2**20, 1)
 
 
 def measure_train(p: dict) -> dict:
@@ -60,9 +49,8 @@ def measure_train(p: dict) -> dict:
         y, _ = m(x)
         y.float().square().mean().backward()
 
-    base = _mem_base(cuda)
-    step()  # first call: peak memory (and any one-time compile)
-    peak = _mem_peak_mb(cuda, base)
+    step()  # warm-up: one-time compiles and imports are not the mixer's memory
+    peak = peak_extra_mb(step, cuda)
     s = time_call(step, repeats=p["repeats"], warmup=0, budget_s=p["budget_s"])
     return {"fwdbwd_s": s, "tokens_per_s": round(p["batch"] * p["T"] / s, 1), "peak_mb": peak}
 

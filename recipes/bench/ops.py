@@ -10,11 +10,12 @@ Timing: after a warm-up, forward and forward+backward calls alternate (``--repea
 each is reported as its median; ``fwd+bwd / fwd`` is the median of the per-pair ratios, so a
 machine whose speed drifts between the two phases cannot skew it.
 
-CPU allocator: by default the subprocess runs with glibc told to keep freed memory
-(``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``), as a caching allocator (jemalloc,
-tcmalloc, PyTorch's CUDA allocator) would. With glibc's defaults every call's fresh 12 MB outputs
-come back from the kernel as new pages, and on a VM the page faults alone can cost more than the
-op (selective_scan's backward: ~9,000 faults, 10-30 ms). ``--default-malloc`` measures that way.
+CPU allocator: by default the subprocess runs with a steady allocator: PyTorch's CPU allocator asks
+for transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``) and glibc keeps freed memory
+(``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``), as a caching allocator would. With glibc's
+defaults every call's fresh outputs come back from the kernel as new 4 KB pages, and on a VM the
+page faults alone can cost more than the op (linear_scan's 128 MB output: 32,769 faults, 95 ->
+52 ms). ``--default-malloc`` measures that way.
 
     parazoo bench ops [--quick] [--ops selective_scan,ssd] [--backends cpu,reference]
                       [--device cpu|cuda] [--ref-backward] [--kernels] [--default-malloc] [--out results.json]
@@ -31,8 +32,7 @@ import sys
 
 import torch
 
-from ._measure import (markdown_table, peak_rss_bytes, release_free_memory, rss_bytes, run_isolated, time_call,
-                       time_pairs)
+from ._measure import markdown_table, peak_extra_mb, run_isolated, time_call, time_pairs
 
 
 def _load_cases(quick: bool, only: set[str] | None):
@@ -78,26 +78,13 @@ def measure_one(p: dict) -> dict:
         y = _first(case.run(inputs, backend))
         y.float().sum().backward()
 
-    def peak_mb(fn) -> float:
-        """Peak extra memory of one call: CUDA allocator peak, or CPU RSS growth after the heap's
-        free memory went back to the OS (so reused memory counts too)."""
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            clear_grads()                   # last call's gradients are freed before, not during, the call
-            release_free_memory()
-            base = rss_bytes()
-        fn()
-        return round(((torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base) / 2**20, 1)
-
-    fwd()                                   # one-time costs (imports, compiles) are not the op's memory
-    res["fwd_peak_mb"] = peak_mb(fwd)
+    fwd()                                   # warm-up: imports and compiles are not the op's memory
+    res["fwd_peak_mb"] = peak_extra_mb(fwd, cuda)
     if not (case.grad and p["backward"]):
         res["fwd_s"] = time_call(fwd, repeats=p["repeats"])
         return res
     fwdbwd()
-    res["fwdbwd_peak_mb"] = peak_mb(fwdbwd)
+    res["fwdbwd_peak_mb"] = peak_extra_mb(fwdbwd, cuda, before=clear_grads)  # last grads freed before the call
     tf, tfb = time_pairs(fwd, fwdbwd, repeats=p["repeats"])
     res["fwd_s"], res["fwdbwd_s"] = statistics.median(tf), statistics.median(tfb)
     res["fwdbwd_over_fwd"] = round(statistics.median([b / a for a, b in zip(tf, tfb)]), 2)
