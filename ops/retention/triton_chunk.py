@@ -1,4 +1,4 @@
-"""Chunked retention in Triton: forward (chunk_h, chunk_o) and backward (chunk_dh, chunk_dqkv).
+"""Chunked retention in Triton: forward (chunk_h, chunk_o), backward (chunk_dh, chunk_dqk, chunk_o).
 
 Equations (see cpu_chunk.py for the derivation), chunk length BT, in-chunk index j, L_i the length
 of chunk i, gamma = gamma_h, Q scaled by ``scale``, H_i the state before chunk i:
@@ -6,16 +6,17 @@ of chunk i, gamma = gamma_h, Q scaled by ``scale``, H_i the state before chunk i
     chunk_h:    H_{i+1} = gamma^{L_i} H_i + K_[i]^T (V_[i] * gamma^{L_i-1-j})
     chunk_o:    O_[i]   = (Q_[i] * gamma^{j+1}) H_i + (Q_[i] K_[i]^T * D) V_[i]
     chunk_dh:   dH_i    = gamma^{L_i} dH_{i+1} + (Q_[i] * gamma^{j+1})^T dO_[i]   (i = N-1..0)
-    chunk_dqkv: dQ_[i] = scale [ (dO_[i] H_i^T) * gamma^{j+1} + (dO_[i] V_[i]^T * D) K_[i] ]
+    chunk_dqk:  dQ_[i] = scale [ (dO_[i] H_i^T) * gamma^{j+1} + (dO_[i] V_[i]^T * D) K_[i] ]
                 dK_[i] = (V_[i] dH_{i+1}^T) * gamma^{L_i-1-j} + (dO_[i] V_[i]^T * D)^T Q_[i]
-                dV_[i] = (K_[i] dH_{i+1}) * gamma^{L_i-1-j} + (Q_[i] K_[i]^T * D)^T dO_[i]
+    chunk_o DV: dV_[i] = (K_[i] dH_{i+1}) * gamma^{L_i-1-j} + (Q_[i] K_[i]^T * D)^T dO_[i]
 
 Organisation: chunk_h and chunk_dh run one program per (K block, V block, batch*head) with a
 sequential loop over chunks (the reverse one by index arithmetic), writing the state at every
-chunk boundary (B*H, N, K, V); chunk_o runs one program per (V block, chunk, batch*head);
-chunk_dqkv one per (K block, chunk, batch*head), looping over V blocks, with dV summed over the K
-blocks afterwards (it is linear in the K-reduction). All accumulation is float32 (float64 for
-float64 inputs); every power of gamma has a non-negative exponent.
+chunk boundary (B*H, N, K, V); chunk_o runs one program per (V block, chunk, batch*head), looping
+over K blocks, and with DV=True the same kernel computes dV (K and Q swap roles, dH_{i+1} and dO
+stand in for H_i and V, D is transposed); chunk_dqk one per (K block, chunk, batch*head), looping
+over V blocks. All accumulation is float32 (float64 for float64 inputs); every power of gamma has a
+non-negative exponent.
 """
 from __future__ import annotations
 
@@ -31,11 +32,16 @@ __all__ = ["chunk_fwd", "chunk_bwd", "parallel_fwd", "parallel_bwd", "AOT_SPECS"
 
 
 @triton.jit
-def _decay_mask(lg, BT: tl.constexpr):
-    """D (BT, BT): gamma^(n-m) for n >= m, else 0 (exp(-inf))."""
+def _decay(lg, n, m):
+    """gamma^(n-m) where n >= m, else 0 (exp(-inf)); n, m broadcastable index tensors."""
+    return tl.exp(tl.where(n >= m, (n - m).to(lg.dtype) * lg, float("-inf")))
+
+
+@triton.jit
+def _tail_decay(lg, L, BT: tl.constexpr):
+    """(BT,): gamma^(L-1-j) for the L rows of a chunk, 0 past them."""
     j = tl.arange(0, BT)
-    diff = (j[:, None] - j[None, :]).to(lg.dtype)
-    return tl.exp(tl.where(j[:, None] >= j[None, :], diff * lg, float("-inf")))
+    return tl.exp(tl.where(j < L, (L - 1 - j).to(lg.dtype) * lg, float("-inf")))
 
 
 @triton.jit
@@ -52,7 +58,6 @@ def _chunk_h_fwd_kernel(k, v, h0, ht, hs, log_gamma, T, H: tl.constexpr, K: tl.c
     kv_mask = (rk[:, None] < K) & (rv[None, :] < V)
     k_base = k + (i_b * T * H + i_h) * K
     v_base = v + (i_b * T * H + i_h) * V
-    j = tl.arange(0, BT)
     state = tl.zeros([BK, BV], dtype=acc_ty)                                  # H_0 (BK, BV)
     if USE_H0:
         state += tl.load(h0 + i_bh * K * V + kv_off, mask=kv_mask, other=0.0).to(acc_ty)
@@ -61,41 +66,50 @@ def _chunk_h_fwd_kernel(k, v, h0, ht, hs, log_gamma, T, H: tl.constexpr, K: tl.c
         L = tl.minimum(BT, T - i_t * BT)
         kt = load_rows_t(k_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)      # (BK, BT)
         vt = load_rows(v_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)        # (BT, BV)
-        k_dec = tl.exp(tl.where(j < L, (L - 1 - j).to(acc_ty) * lg, float("-inf")))
-        vt = (vt.to(acc_ty) * k_dec[:, None]).to(kt.dtype)
+        vt = (vt.to(acc_ty) * _tail_decay(lg, L, BT)[:, None]).to(kt.dtype)
         state = state * tl.exp(L.to(acc_ty) * lg) + tl.dot(kt, vt, input_precision=DOT, out_dtype=acc_ty)
     if STORE_HT:
         tl.store(ht + i_bh * K * V + kv_off, state.to(ht.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
-def _chunk_o_fwd_kernel(q, k, v, hs, o, log_gamma, scale, T, H: tl.constexpr, K: tl.constexpr,
-                        V: tl.constexpr, NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        DOT: tl.constexpr):
+def _chunk_o_kernel(a, b, x, hs, o, log_gamma, scale, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                    NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr,
+                    DV: tl.constexpr):
+    """O_[i] (a, b, x, hs = q, k, v, hs) or, with DV, dV_[i] (a, b, x, hs = k, q, do, dhs):
+
+        O_[i]  = scale [ (A * gamma^{j+1}) S + (A B^T * D) X ]
+        dV_[i] = (A * gamma^{L_i-1-j}) S + scale (A B^T * D^T) X
+    with A, B the chunk's (BT, K) rows, X its (BT, V) rows, S the stored (K, V) state of the chunk.
+    """
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     lg = tl.load(log_gamma + i_h)
     acc_ty = lg.dtype
-    q_base = q + (i_b * T * H + i_h) * K
-    k_base = k + (i_b * T * H + i_h) * K
-    v_base = v + (i_b * T * H + i_h) * V
+    a_base = a + (i_b * T * H + i_h) * K
+    b_base = b + (i_b * T * H + i_h) * K
+    x_base = x + (i_b * T * H + i_h) * V
     rv = i_v * BV + tl.arange(0, BV)
-    acc_o = tl.zeros([BT, BV], dtype=acc_ty)                                  # Q H_i
-    s = tl.zeros([BT, BT], dtype=acc_ty)                                      # Q K^T
+    acc = tl.zeros([BT, BV], dtype=acc_ty)                                    # A S
+    s = tl.zeros([BT, BT], dtype=acc_ty)                                      # A B^T
     for i_k in range(tl.cdiv(K, BK)):
         rk = i_k * BK + tl.arange(0, BK)
-        qt = load_rows(q_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)        # (BT, BK)
-        kt = load_rows_t(k_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)      # (BK, BT)
+        at = load_rows(a_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)        # (BT, BK)
+        bt = load_rows_t(b_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)      # (BK, BT)
         h = tl.load(hs + (i_bh * NT + i_t) * K * V + rk[:, None] * V + rv[None, :],
                     mask=(rk[:, None] < K) & (rv[None, :] < V), other=0.0)   # (BK, BV)
-        acc_o += tl.dot(qt, h.to(qt.dtype), input_precision=DOT, out_dtype=acc_ty)
-        s += tl.dot(qt, kt, input_precision=DOT, out_dtype=acc_ty)
+        acc += tl.dot(at, h.to(at.dtype), input_precision=DOT, out_dtype=acc_ty)
+        s += tl.dot(at, bt, input_precision=DOT, out_dtype=acc_ty)
     j = tl.arange(0, BT)
-    q_dec = tl.exp((j + 1).to(acc_ty) * lg)
-    vt = load_rows(v_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)            # (BT, BV)
-    s = s * _decay_mask(lg, BT)
-    out = acc_o * q_dec[:, None] + tl.dot(s.to(vt.dtype), vt, input_precision=DOT, out_dtype=acc_ty)
-    out = out * scale
+    xt = load_rows(x_base, i_t * BT, T, H * V, i_v * BV, V, BT, BV)            # (BT, BV)
+    if DV:
+        s = s * _decay(lg, j[None, :], j[:, None]) * scale
+        out = acc * _tail_decay(lg, tl.minimum(BT, T - i_t * BT), BT)[:, None]
+        out += tl.dot(s.to(xt.dtype), xt, input_precision=DOT, out_dtype=acc_ty)
+    else:
+        s = s * _decay(lg, j[:, None], j[None, :])
+        out = acc * tl.exp((j + 1).to(acc_ty) * lg)[:, None]
+        out = (out + tl.dot(s.to(xt.dtype), xt, input_precision=DOT, out_dtype=acc_ty)) * scale
     rt = i_t * BT + j
     o_base = o + (i_b * T * H + i_h) * V
     tl.store(o_base + rt[:, None] * (H * V) + rv[None, :], out.to(o.dtype.element_ty),
@@ -134,31 +148,22 @@ def _chunk_dh_kernel(q, do, dht, dh0, dhs, log_gamma, scale, T, H: tl.constexpr,
 
 
 @triton.jit
-def _chunk_dqkv_kernel(q, k, v, hs, dhs, do, dq, dk, dv_part, log_gamma, scale, T, B, H: tl.constexpr,
-                       K: tl.constexpr, V: tl.constexpr, NT, BT: tl.constexpr, BK: tl.constexpr,
-                       BV: tl.constexpr, DOT: tl.constexpr):
+def _chunk_dqk_kernel(q, k, v, hs, dhs, do, dq, dk, log_gamma, scale, T, H: tl.constexpr, K: tl.constexpr,
+                      V: tl.constexpr, NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      DOT: tl.constexpr):
+    """dQ_[i], dK_[i] of one K block. dK is built transposed, dK^T = dH_{i+1} V^T * gamma^{L_i-1-j}
+    + Q^T (dO V^T * D), as a (BK, BT) tile: built as (BT, BK) it spills on sm_80 (float32, 32 B)."""
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     lg = tl.load(log_gamma + i_h)
     acc_ty = lg.dtype
-    j = tl.arange(0, BT)
-    L = tl.minimum(BT, T - i_t * BT)
-    q_dec = tl.exp((j + 1).to(acc_ty) * lg)
-    k_dec = tl.exp(tl.where(j < L, (L - 1 - j).to(acc_ty) * lg, float("-inf")))
-    D = _decay_mask(lg, BT)
     qk_base = (i_b * T * H + i_h) * K
     vv_base = (i_b * T * H + i_h) * V
     rk = i_k * BK + tl.arange(0, BK)
-    qt = load_rows(q + qk_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)       # (BT, BK)
-    qt = (qt.to(acc_ty) * scale).to(qt.dtype)
-    kt = load_rows(k + qk_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)       # (BT, BK)
-    sD = tl.dot(qt, tl.trans(kt), input_precision=DOT, out_dtype=acc_ty) * D  # (BT, BT), this K block
-    sD_t = tl.trans(sD).to(kt.dtype)
+    st_off = (i_bh * NT + i_t) * K * V
     ds = tl.zeros([BT, BT], dtype=acc_ty)                                     # dO V^T
     dq_acc = tl.zeros([BT, BK], dtype=acc_ty)                                 # dO H_i^T
-    dk_acc = tl.zeros([BT, BK], dtype=acc_ty)                                 # V dH_{i+1}^T
-    st_off = (i_bh * NT + i_t) * K * V
-    rt = i_t * BT + j
+    dkt_acc = tl.zeros([BK, BT], dtype=acc_ty)                                # dH_{i+1} V^T
     for i_v in range(tl.cdiv(V, BV)):
         rv = i_v * BV + tl.arange(0, BV)
         kv_off = rk[:, None] * V + rv[None, :]
@@ -169,19 +174,21 @@ def _chunk_dqkv_kernel(q, k, v, hs, dhs, do, dq, dk, dv_part, log_gamma, scale, 
         dh = tl.load(dhs + st_off + kv_off, mask=kv_mask, other=0.0).to(vt.dtype)   # (BK, BV)
         ds += tl.dot(dot_, tl.trans(vt), input_precision=DOT, out_dtype=acc_ty)
         dq_acc += tl.dot(dot_, tl.trans(h), input_precision=DOT, out_dtype=acc_ty)
-        dk_acc += tl.dot(vt, tl.trans(dh), input_precision=DOT, out_dtype=acc_ty)
-        dv = tl.dot(kt, dh, input_precision=DOT, out_dtype=acc_ty) * k_dec[:, None]
-        dv += tl.dot(sD_t, dot_, input_precision=DOT, out_dtype=acc_ty)
-        dv_base = dv_part + ((i_k * B + i_b) * T * H + i_h) * V
-        tl.store(dv_base + rt[:, None] * (H * V) + rv[None, :], dv.to(dv_part.dtype.element_ty),
-                 mask=(rt[:, None] < T) & (rv[None, :] < V))
-    dsD = ds * D
-    dq_t = (dq_acc * q_dec[:, None] + tl.dot(dsD.to(kt.dtype), kt, input_precision=DOT, out_dtype=acc_ty)) * scale
-    dk_t = dk_acc * k_dec[:, None] + tl.dot(tl.trans(dsD).to(qt.dtype), qt, input_precision=DOT, out_dtype=acc_ty)
-    out_mask = (rt[:, None] < T) & (rk[None, :] < K)
-    out_off = rt[:, None] * (H * K) + rk[None, :]
-    tl.store(dq + qk_base + out_off, dq_t.to(dq.dtype.element_ty), mask=out_mask)
-    tl.store(dk + qk_base + out_off, dk_t.to(dk.dtype.element_ty), mask=out_mask)
+        dkt_acc += tl.dot(dh, tl.trans(vt), input_precision=DOT, out_dtype=acc_ty)
+    j = tl.arange(0, BT)
+    rt = i_t * BT + j
+    dsD = ds * _decay(lg, j[:, None], j[None, :])                              # (BT, BT)
+    kt = load_rows(k + qk_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)       # (BT, BK)
+    dq_t = dq_acc * tl.exp((j + 1).to(acc_ty) * lg)[:, None]
+    dq_t = (dq_t + tl.dot(dsD.to(kt.dtype), kt, input_precision=DOT, out_dtype=acc_ty)) * scale
+    tl.store(dq + qk_base + rt[:, None] * (H * K) + rk[None, :], dq_t.to(dq.dtype.element_ty),
+             mask=(rt[:, None] < T) & (rk[None, :] < K))
+    qtt = load_rows_t(q + qk_base, i_t * BT, T, H * K, i_k * BK, K, BT, BK)    # (BK, BT)
+    qtt = (qtt.to(acc_ty) * scale).to(qtt.dtype)
+    dk_tt = dkt_acc * _tail_decay(lg, tl.minimum(BT, T - i_t * BT), BT)[None, :]
+    dk_tt += tl.dot(qtt, dsD.to(qtt.dtype), input_precision=DOT, out_dtype=acc_ty)  # dK^T (BK, BT)
+    tl.store(dk + qk_base + rt[None, :] * (H * K) + rk[:, None], dk_tt.to(dk.dtype.element_ty),
+             mask=(rt[None, :] < T) & (rk[:, None] < K))
 
 
 # ---------------------------------------------------------------------------------------- launchers
@@ -192,8 +199,17 @@ def _dot(dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "ieee"
 
 
-# chunk_dqkv keeps five (BT, BT)/(BT, BK) float32 tiles live: 8 warps keep them in registers.
-_DQKV_WARPS = 8
+# num_warps per launch, the AOT specs below compile the same: the dV launch of chunk_o keeps a
+# (BT, BT) and a (BT, BV) accumulator live across its K loop, chunk_dqk three across its V loop;
+# at 4 warps they spill (ptxas, sm_90 and sm_80).
+_WARPS = {"o": 4, "dv": 8, "dqk": 8}
+
+
+def _dqk_block_v(BV: int) -> int:
+    """chunk_dqk walks V in half-width blocks: its loop feeds three dots from the (BT, BV) tiles
+    of V and dO while three accumulators stay live; full-width blocks spill on sm_80 (float32
+    36 B, bfloat16 432 B). tl.dot needs >= 16."""
+    return max(16, BV // 2)
 
 
 def _shapes(q, v, chunk_size):
@@ -225,8 +241,8 @@ def chunk_fwd(q, k, v, h0, scale: float, chunk_size: int, want_ht: bool):
     lg = log_decay(H, q.device, acc_dtype(q.dtype))
     hs, ht = _states(k, v, h0, lg, dims, want_ht)
     o = torch.empty_like(v)
-    _chunk_o_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, hs, o, lg, scale, T, H, K, V, NT, BT, BK, BV,
-                                                         DOT=_dot(q.dtype))
+    _chunk_o_kernel[(triton.cdiv(V, BV), NT, B * H)](q, k, v, hs, o, lg, scale, T, H, K, V, NT, BT, BK, BV,
+                                                     DOT=_dot(q.dtype), DV=False, num_warps=_WARPS["o"])
     return o, ht
 
 
@@ -242,12 +258,12 @@ def chunk_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
     _chunk_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
         q, do, dhtc, dh0, dhs, lg, scale, T, H, K, V, NT, BT, BK, BV,
         USE_DHT=dht is not None, STORE_DH0=h0 is not None, DOT=_dot(q.dtype))
-    NK = triton.cdiv(K, BK)
-    dq, dk = torch.empty_like(q), torch.empty_like(k)
-    dv_part = v.new_empty(NK, B, T, H, V, dtype=dt)
-    _chunk_dqkv_kernel[(NK, NT, B * H)](q, k, v, hs, dhs, do, dq, dk, dv_part, lg, scale, T, B, H, K, V, NT,
-                                        BT, BK, BV, DOT=_dot(q.dtype), num_warps=_DQKV_WARPS)
-    dv = dv_part.sum(0).to(v.dtype)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    _chunk_dqk_kernel[(triton.cdiv(K, BK), NT, B * H)](q, k, v, hs, dhs, do, dq, dk, lg, scale, T, H, K, V, NT,
+                                                       BT, BK, _dqk_block_v(BV), DOT=_dot(q.dtype),
+                                                       num_warps=_WARPS["dqk"])
+    _chunk_o_kernel[(triton.cdiv(V, BV), NT, B * H)](k, q, do, dhs, dv, lg, scale, T, H, K, V, NT, BT, BK, BV,
+                                                     DOT=_dot(q.dtype), DV=True, num_warps=_WARPS["dv"])
     return dq, dk, dv, (None if h0 is None else dh0.to(h0.dtype))
 
 
@@ -262,9 +278,8 @@ def parallel_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
 
 # ----------------------------------------------------------------------- ahead-of-time compilation
 
-def _spec(name, sig, constexprs, label):
+def _spec(name, sig, constexprs, label, warps=4):
     sig = {**sig, "DOT": "constexpr"}
-    warps = _DQKV_WARPS if name == "_chunk_dqkv_kernel" else 4
     return AotSpec(module=__name__, name=name, signature=sig, constexprs=constexprs, label=label, num_warps=warps)
 
 
@@ -278,20 +293,22 @@ def _aot_specs():
             "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32", "BT": "constexpr",
             "BK": "constexpr", "BV": "constexpr", "USE_H0": "constexpr", "STORE_HT": "constexpr"},
             {**shape, "USE_H0": True, "STORE_HT": True}, dt))
-        specs.append(_spec("_chunk_o_fwd_kernel", {
-            "q": f"*{dt}", "k": f"*{dt}", "v": f"*{dt}", "hs": "*fp32", "o": f"*{dt}", "log_gamma": "*fp32",
-            "scale": "fp32", "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32",
-            "BT": "constexpr", "BK": "constexpr", "BV": "constexpr"}, shape, dt))
+        for dv, warps in ((False, _WARPS["o"]), (True, _WARPS["dv"])):
+            specs.append(_spec("_chunk_o_kernel", {
+                "a": f"*{dt}", "b": f"*{dt}", "x": f"*{dt}", "hs": "*fp32", "o": f"*{dt}", "log_gamma": "*fp32",
+                "scale": "fp32", "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32",
+                "BT": "constexpr", "BK": "constexpr", "BV": "constexpr", "DV": "constexpr"},
+                {**shape, "DV": dv}, f"{dt},dv" if dv else dt, warps))
         specs.append(_spec("_chunk_dh_kernel", {
             "q": f"*{dt}", "do": f"*{dt}", "dht": "*fp32", "dh0": "*fp32", "dhs": "*fp32", "log_gamma": "*fp32",
             "scale": "fp32", "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32",
             "BT": "constexpr", "BK": "constexpr", "BV": "constexpr", "USE_DHT": "constexpr",
             "STORE_DH0": "constexpr"}, {**shape, "USE_DHT": True, "STORE_DH0": True}, dt))
-        specs.append(_spec("_chunk_dqkv_kernel", {
+        specs.append(_spec("_chunk_dqk_kernel", {
             "q": f"*{dt}", "k": f"*{dt}", "v": f"*{dt}", "hs": "*fp32", "dhs": "*fp32", "do": f"*{dt}",
-            "dq": f"*{dt}", "dk": f"*{dt}", "dv_part": "*fp32", "log_gamma": "*fp32", "scale": "fp32",
-            "T": "i32", "B": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32",
-            "BT": "constexpr", "BK": "constexpr", "BV": "constexpr"}, shape, dt))
+            "dq": f"*{dt}", "dk": f"*{dt}", "log_gamma": "*fp32", "scale": "fp32", "T": "i32", "H": "constexpr",
+            "K": "constexpr", "V": "constexpr", "NT": "i32", "BT": "constexpr", "BK": "constexpr",
+            "BV": "constexpr"}, {**shape, "BV": _dqk_block_v(BV)}, dt, _WARPS["dqk"]))
     return specs
 
 
