@@ -13,8 +13,9 @@ all fall into one L1 set and thrash it), the sum over n is a per-lane FMA chain 
 horizontal sum), and the 16 recurrences per step are independent chains that hide each other's
 latency. u, delta, z (and dout in the backward) are transposed per chunk of K steps into (K, 16)
 tiles; the pointwise parts (dl = softplus(delta + bias), silu(z) and their derivatives) are
-computed on the tiles inside the step loop, one vector per step, where their divisions overlap the
-16 exps; y, du, ddelta, dz are transposed back. Each block reads 16 row segments per chunk, too
+computed on the tiles in a pass of their own before the step loop (inside it, their chain of exp,
+division and series sat in front of each step's 16 exps: the forward was 10% slower); y, du,
+ddelta, dz are transposed back. Each block reads 16 row segments per chunk, too
 many streams for the hardware prefetcher: the loops prefetch the next chunk's lines, one per step.
 
 Backward (same equations as ``cpu_kernel``'s docstring): each thread takes its blocks PB = 4 at a
@@ -158,7 +159,7 @@ static inline void tile_out(const float* tile, int64_t L, int64_t t0, int64_t nt
 /* pointwise parts on one step's 16 channels: dl = softplus(raw) (raw if raw > 20) and sg = d dl / d raw =
    sigmoid(raw), or dl = raw, sg = 1 without softplus; gate = silu(z) = z sigmoid(z), sz = sigmoid(z).
    e = exp(-|x|) in (0, 1]; log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3, odd series to s^13 (~1e-8).
-   Computed inside the scan loops (one vector per step), so their divisions overlap the exps over n. */
+   Computed per chunk on the (K, 16) tiles, one vector per step, in a loop whose steps are independent. */
 static inline vf vsigmoid_e(vf x, vf e) {                                         /* sigmoid(x) given e = exp(-|x|) */
     const vf r = 1.0f / (1.0f + e);
     return vsel(x >= 0.0f, r, e * r);
@@ -252,6 +253,10 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                 tile_in(u + r0 * L, L, t0, nt, tu);
                 tile_in(delta + r0 * L, L, t0, nt, tdl);
                 if (z) tile_in(z + r0 * L, L, t0, nt, tz);
+                for (int64_t k = 0; k < nt; k++) {                                  /* pointwise parts, independent steps */
+                    vstore(tdl + k * W, vdelta(vload(tdl + k * W) + Bias, softplus, 0));
+                    if (z) vstore(tz + k * W, vgate(vload(tz + k * W), 0));
+                }
                 for (int64_t k = 0; k < nt; k++) {
                     const int64_t t = t0 + k;
                     if (t0 + K < L && (k & 48) < K) {                                /* the next chunk's rows */
@@ -259,7 +264,7 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         if (z) PREFETCH_ROWS(z + r0 * L, L, t0 + K, k, 0);
                         PREFETCH_ROWS(y + r0 * L, L, t0 + K, k, 1);
                     }
-                    const vf x = vload(tu + k * W), dlv = vdelta(vload(tdl + k * W) + Bias, softplus, 0), dlx = dlv * x;
+                    const vf x = vload(tu + k * W), dlv = vload(tdl + k * W), dlx = dlv * x;
                     if (reset[t]) for (int n = 0; n < NS; n++) h[n] = (vf){};
                     vf acc0 = Dd * x, acc1 = (vf){};
                     for (int n = 0; n < NS; n += 2) {
@@ -270,7 +275,7 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         acc1 += Cb[t * NS + (n + 1)] * h[n + 1];
                     }
                     vf out = acc0 + acc1;
-                    if (z) out *= vgate(vload(tz + k * W), 0);
+                    if (z) out *= vload(tz + k * W);
                     vstore(ty + k * W, out);
                     if (last && end_id[t] >= 0)
                         for (int j = 0; j < W; j++) for (int n = 0; n < NS; n++)
@@ -418,17 +423,9 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                     tile_in_strided(dorow, dsd, dsl, t0, nt, tdo);
                     if (z) tile_in(z + r0 * L, L, t0, nt, tz);
                     rows_in(ckpt + (r0 * nck + c) * NS, nck * NS, H);
-                    for (int64_t k = 0; k < nt; k++) {                              /* recompute the chunk's states */
-                        const int64_t t = t0 + k;
-                        if (c > 0 && (k & 48) < K) {                                 /* the previous chunk's rows */
-                            PREFETCH_ROWS(u + r0 * L, L, t0 - K, k, 0); PREFETCH_ROWS(delta + r0 * L, L, t0 - K, k, 0);
-                            if (dsl == 1) PREFETCH_ROWS(dorow, dsd, t0 - K, k, 0);
-                            if (z) { PREFETCH_ROWS(z + r0 * L, L, t0 - K, k, 0); PREFETCH_ROWS(dz + r0 * L, L, t0 - K, k, 1); }
-                            PREFETCH_ROWS(du + r0 * L, L, t0 - K, k, 1); PREFETCH_ROWS(ddelta + r0 * L, L, t0 - K, k, 1);
-                        }
+                    for (int64_t k = 0; k < nt; k++) {                              /* pointwise parts, independent steps */
                         vf sg;
-                        const vf dlv = vdelta(vload(tdl + k * W) + Bias, softplus, &sg), dlx = dlv * vload(tu + k * W);
-                        vstore(tdl + k * W, dlv);
+                        vstore(tdl + k * W, vdelta(vload(tdl + k * W) + Bias, softplus, &sg));
                         vstore(tsg + k * W, sg);
                         vf dy = vload(tdo + k * W);                                  /* dy = dout silu(z) */
                         if (z) {
@@ -437,6 +434,16 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                             vstore(tsz + k * W, s);
                         }
                         vstore(tdy + k * W, dy);
+                    }
+                    for (int64_t k = 0; k < nt; k++) {                              /* recompute the chunk's states */
+                        const int64_t t = t0 + k;
+                        if (c > 0 && (k & 48) < K) {                                 /* the previous chunk's rows */
+                            PREFETCH_ROWS(u + r0 * L, L, t0 - K, k, 0); PREFETCH_ROWS(delta + r0 * L, L, t0 - K, k, 0);
+                            if (dsl == 1) PREFETCH_ROWS(dorow, dsd, t0 - K, k, 0);
+                            if (z) { PREFETCH_ROWS(z + r0 * L, L, t0 - K, k, 0); PREFETCH_ROWS(dz + r0 * L, L, t0 - K, k, 1); }
+                            PREFETCH_ROWS(du + r0 * L, L, t0 - K, k, 1); PREFETCH_ROWS(ddelta + r0 * L, L, t0 - K, k, 1);
+                        }
+                        const vf dlv = vload(tdl + k * W), dlx = dlv * vload(tu + k * W), dy = vload(tdy + k * W);
                         const vf* hp = reset[t] ? zeros16 : H + k * NS;              /* h_{t-1} = 0 at a start */
                         vf* hk = H + (k + 1) * NS;
                         vf* ak = Ab + k * NS;
