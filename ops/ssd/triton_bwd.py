@@ -116,6 +116,8 @@ def _ssd_chunk_dbc_bwd(x_ptr, dy_ptr, other_ptr, dt_ptr, acum_ptr, st_ptr, out_p
                        Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                        IS_DB: tl.constexpr, PREC: tl.constexpr):
     # IS_DB: out = dB (rows j), other = C, st = dS.  else: out = dC (rows i), other = B, st = H_c.
+    # The x . dY products are summed over P in slices of BP (< P allowed): operand tiles (BM, BP)
+    # loaded inside the loops rather than (BM, P) ones held across them keep this in registers.
     pid_mn = tl.program_id(0)
     sc = tl.program_id(1)
     g = tl.program_id(2)
@@ -127,7 +129,6 @@ def _ssd_chunk_dbc_bwd(x_ptr, dy_ptr, other_ptr, dt_ptr, acum_ptr, st_ptr, out_p
     mb = pid_mn // nnb
     n = (pid_mn % nnb) * BN + tl.arange(0, BN)
     cdt = acum_ptr.dtype.element_ty
-    p = tl.arange(0, BP)
     r_loc = mb * BM + tl.arange(0, BM)
     rows = c * Q + r_loc
     o_base = other_ptr + (s.to(tl.int64) * Lp * G + g) * N
@@ -142,30 +143,39 @@ def _ssd_chunk_dbc_bwd(x_ptr, dy_ptr, other_ptr, dt_ptr, acum_ptr, st_ptr, out_p
         h = g * R + hr
         x_base = x_ptr + (s.to(tl.int64) * Lp * H + h) * P
         dy_base = dy_ptr + (s.to(tl.int64) * Lp * H + h) * P
+        if IS_DB:   # the row operand (x_j / dY_i) and the column one (dY_i / x_j)
+            r_base, k_base = x_base, dy_base
+        else:
+            r_base, k_base = dy_base, x_base
         a_base = (s.to(tl.int64) * H + h) * Lp
-        st = _load_rows(st_ptr + (sc.to(tl.int64) * H + h) * P * N, p, n, N, N, cdt)   # (BP, BN) rows p
-        st = tl.where(p[:, None] < P, st, 0.0)
+        st_base = st_ptr + (sc.to(tl.int64) * H + h) * P * N
         s_r = tl.load(acum_ptr + a_base + rows)
         dt_r = tl.load(dt_ptr + a_base + rows).to(cdt)
-        xr = _load_rows(x_base, rows, p, H * P, P, cdt)                           # (BM, BP)
-        dyr = _load_rows(dy_base, rows, p, H * P, P, cdt)
+        rst = tl.zeros((BM, BN), dtype=cdt)                                       # x_j dS or dY_i H_c
+        for p0 in range(0, P, BP):
+            p = p0 + tl.arange(0, BP)
+            st = tl.load(st_base + p[:, None] * N + n[None, :], mask=(p[:, None] < P) & (n[None, :] < N),
+                         other=0.0).to(cdt)                                       # (BP, BN) rows p
+            rst += tl.dot(_load_rows(r_base, rows, p, H * P, P, cdt), st, input_precision=PREC)
         if IS_DB:
             s_last = tl.load(acum_ptr + a_base + c * Q + Q - 1)
-            acc += (tl.exp(s_last - s_r) * dt_r)[:, None] * tl.dot(xr, st, input_precision=PREC)
+            acc += (tl.exp(s_last - s_r) * dt_r)[:, None] * rst
         else:
-            acc += tl.exp(s_r)[:, None] * tl.dot(dyr, st, input_precision=PREC)
+            acc += tl.exp(s_r)[:, None] * rst
         for k0 in range(lo, hi, BM):
             k_loc = k0 + tl.arange(0, BM)
             cols = c * Q + k_loc
             s_k = tl.load(acum_ptr + a_base + cols)
+            w = tl.zeros((BM, BM), dtype=cdt)                                     # (rows, cols): x_j . dY_i
+            for p0 in range(0, P, BP):
+                p = p0 + tl.arange(0, BP)
+                rp = _load_rows(r_base, rows, p, H * P, P, cdt)                   # (BM, BP)
+                kp = _load_rows(k_base, cols, p, H * P, P, cdt)                   # (BM, BP)
+                w += tl.dot(rp, tl.trans(kp), input_precision=PREC)
             if IS_DB:   # rows j, cols i: (x_j . dY_i) exp(s_i - s_j) dt'_j
-                dyk = _load_rows(dy_base, cols, p, H * P, P, cdt)
-                w = tl.dot(xr, tl.trans(dyk), input_precision=PREC)
                 w = w * _causal_decay(s_k[None, :], s_r[:, None], k_loc[None, :], r_loc[:, None]) * dt_r[:, None]
             else:       # rows i, cols j: (dY_i . x_j) exp(s_i - s_j) dt'_j
-                xk = _load_rows(x_base, cols, p, H * P, P, cdt)
                 dt_k = tl.load(dt_ptr + a_base + cols).to(cdt)
-                w = tl.dot(dyr, tl.trans(xk), input_precision=PREC)
                 w = w * _causal_decay(s_r[:, None], s_k[None, :], r_loc[:, None], k_loc[None, :]) * dt_k[None, :]
             ok = _load_rows(o_base, cols, n, G * N, N, cdt)                       # (BM, BN)
             acc += tl.dot(w, ok, input_precision=PREC)
@@ -191,7 +201,7 @@ AOT_SPECS = [
     *[AotSpec(module=__name__, name="_ssd_chunk_dbc_bwd",
               signature={"x_ptr": _P32, "dy_ptr": _P32, "other_ptr": _P32, "dt_ptr": _P32, "acum_ptr": _P32,
                          "st_ptr": _P32, "out_ptr": _P32, **_DIMS, **_BLK, "IS_DB": "constexpr", "PREC": "constexpr"},
-              constexprs={"Q": 256, "BM": 32, "BP": 64, "BN": 32, "IS_DB": is_db, "PREC": "tf32x3"},
+              constexprs={"Q": 256, "BM": 32, "BP": 16, "BN": 32, "IS_DB": is_db, "PREC": "tf32x3"},
             num_warps=8, num_stages=2,
               label="dB" if is_db else "dC")
       for is_db in (True, False)],

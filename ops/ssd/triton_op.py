@@ -35,10 +35,12 @@ __all__ = ["ssd_scan_triton"]
 
 # Largest row tile (positions of a chunk) and state tile (N), chosen so that the sm_90 builds
 # (8 warps, tf32x3 dots) do not spill at the Mamba-2 shape; tests shrink them to run the
-# multi-tile loops on small shapes.
+# multi-tile loops on small shapes. The dB / dC kernel sums over P in slices of MAX_BP_DBC
+# (a 32-wide slice spills on sm_80, all of P in one tile on sm_90 and sm_80).
 MAX_BM = 64
 MAX_BN = 32
 MAX_BM_DBC = 32
+MAX_BP_DBC = 16
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -60,6 +62,7 @@ class _Plan:
         self.BP = _pow2(self.P)
         self.BN = min(_pow2(self.N), MAX_BN)
         self.BM_dbc = min(self.BM, MAX_BM_DBC)
+        self.BP_dbc = min(self.BP, MAX_BP_DBC)
         self.BLOCK = min(1024, triton.next_power_of_2(self.P * self.N))
         self.warps = 8                                                            # matmul kernels
         self.scan_warps = 4                                                       # state passing
@@ -173,10 +176,10 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, init, cu_seqlens, y_ssm
     dBq = x.new_empty((S, Lp, G, N), dtype=cdt)
     dCq = torch.empty_like(dBq)
     grid = (triton.cdiv(Q, plan.BM_dbc) * triton.cdiv(N, plan.BN), S * Cs, G)
-    _ssd_chunk_dbc_bwd[grid](xq, dyq, Cq, dtq, acum, dstates, dBq, H, G, Lp, P, N, Q=Q, BM=plan.BM_dbc, BP=plan.BP,
-                             BN=plan.BN, IS_DB=True, PREC=plan.prec, num_warps=plan.warps, num_stages=plan.stages)
-    _ssd_chunk_dbc_bwd[grid](xq, dyq, Bq, dtq, acum, hin, dCq, H, G, Lp, P, N, Q=Q, BM=plan.BM_dbc, BP=plan.BP,
-                             BN=plan.BN, IS_DB=False, PREC=plan.prec, num_warps=plan.warps, num_stages=plan.stages)
+    for other, st, out, is_db in ((Cq, dstates, dBq, True), (Bq, hin, dCq, False)):
+        _ssd_chunk_dbc_bwd[grid](xq, dyq, other, dtq, acum, st, out, H, G, Lp, P, N, Q=Q, BM=plan.BM_dbc,
+                                 BP=plan.BP_dbc, BN=plan.BN, IS_DB=is_db, PREC=plan.prec, num_warps=plan.warps,
+                                 num_stages=plan.stages)
 
     # ds -> da -> (ddt', dA), all O(L H) elementwise
     yq = plan.pack(y_ssm)
