@@ -199,10 +199,11 @@ def _dot(dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "ieee"
 
 
-# num_warps per launch, the AOT specs below compile the same: the dV launch of chunk_o keeps a
-# (BT, BT) and a (BT, BV) accumulator live across its K loop, chunk_dqk three across its V loop;
-# at 4 warps they spill (ptxas, sm_90 and sm_80).
-_WARPS = {"o": 4, "dv": 8, "dqk": 8}
+# num_warps per launch, the AOT specs below compile the same: chunk_o (forward and dV launch)
+# keeps a (BT, BT) and a (BT, BV) accumulator live across its K loop, chunk_dqk three across its
+# V loop; at 4 warps they spill (ptxas; forward chunk_o bf16/fp16 232 B sm_90, 140 B sm_80,
+# float32 24 B sm_80).
+_WARPS = {"o": 8, "dqk": 8}
 
 
 def _dqk_block_v(BV: int) -> int:
@@ -212,13 +213,17 @@ def _dqk_block_v(BV: int) -> int:
     return max(16, BV // 2)
 
 
+def _block_cap(dtype) -> int:
+    """Largest K / V block: 3xTF32 holds three operand tiles per dot, so float32 inputs use
+    32-wide blocks to stay in registers (see AOT_SPECS' ptxas report), the 16-bit types 64."""
+    return 32 if dtype == torch.float32 else 64
+
+
 def _shapes(q, v, chunk_size):
     B, T, H, K = q.shape
     V = v.shape[-1]
     BT = tile(min(chunk_size, T), cap=max(16, chunk_size))
-    # 3xTF32 holds three operand tiles per dot: float32 inputs use 32-wide K/V blocks to stay
-    # in registers (see AOT_SPECS' ptxas report)
-    cap = 32 if q.dtype == torch.float32 else 64
+    cap = _block_cap(q.dtype)
     return B, T, H, K, V, BT, triton.cdiv(T, BT), tile(K, cap), tile(V, cap)
 
 
@@ -263,7 +268,7 @@ def chunk_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
                                                        BT, BK, _dqk_block_v(BV), DOT=_dot(q.dtype),
                                                        num_warps=_WARPS["dqk"])
     _chunk_o_kernel[(triton.cdiv(V, BV), NT, B * H)](k, q, do, dhs, dv, lg, scale, T, H, K, V, NT, BT, BK, BV,
-                                                     DOT=_dot(q.dtype), DV=True, num_warps=_WARPS["dv"])
+                                                     DOT=_dot(q.dtype), DV=True, num_warps=_WARPS["o"])
     return dq, dk, dv, (None if h0 is None else dh0.to(h0.dtype))
 
 
@@ -285,20 +290,21 @@ def _spec(name, sig, constexprs, label, warps=4):
 
 def _aot_specs():
     specs = []
-    for dt, BT, BK, BV, K, V in (("fp32", 64, 32, 32, 64, 128), ("bf16", 64, 64, 64, 128, 128)):
-        shape = {"H": 8, "K": K, "V": V, "BT": BT, "BK": BK, "BV": BV,
-                 "DOT": _dot(torch.float32 if dt == "fp32" else torch.bfloat16)}
+    for dt, torch_dt, K in (("fp32", torch.float32, 64), ("bf16", torch.bfloat16, 128),
+                            ("fp16", torch.float16, 128)):
+        BK = BV = _block_cap(torch_dt)                                        # as _shapes picks them
+        shape = {"H": 8, "K": K, "V": 128, "BT": 64, "BK": BK, "BV": BV, "DOT": _dot(torch_dt)}
         specs.append(_spec("_chunk_h_fwd_kernel", {
             "k": f"*{dt}", "v": f"*{dt}", "h0": "*fp32", "ht": "*fp32", "hs": "*fp32", "log_gamma": "*fp32",
             "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32", "BT": "constexpr",
             "BK": "constexpr", "BV": "constexpr", "USE_H0": "constexpr", "STORE_HT": "constexpr"},
             {**shape, "USE_H0": True, "STORE_HT": True}, dt))
-        for dv, warps in ((False, _WARPS["o"]), (True, _WARPS["dv"])):
+        for dv in (False, True):
             specs.append(_spec("_chunk_o_kernel", {
                 "a": f"*{dt}", "b": f"*{dt}", "x": f"*{dt}", "hs": "*fp32", "o": f"*{dt}", "log_gamma": "*fp32",
                 "scale": "fp32", "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32",
                 "BT": "constexpr", "BK": "constexpr", "BV": "constexpr", "DV": "constexpr"},
-                {**shape, "DV": dv}, f"{dt},dv" if dv else dt, warps))
+                {**shape, "DV": dv}, f"{dt},dv" if dv else dt, _WARPS["o"]))
         specs.append(_spec("_chunk_dh_kernel", {
             "q": f"*{dt}", "do": f"*{dt}", "dht": "*fp32", "dh0": "*fp32", "dhs": "*fp32", "log_gamma": "*fp32",
             "scale": "fp32", "T": "i32", "H": "constexpr", "K": "constexpr", "V": "constexpr", "NT": "i32",

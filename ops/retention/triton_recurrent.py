@@ -148,7 +148,7 @@ def recurrent_bwd(q, k, v, h0, do, dht, scale: float, chunk_size: int):
 
 def _aot_specs():
     specs = []
-    for dt in ("fp32", "bf16"):
+    for dt in ("fp32", "bf16", "fp16"):
         common = {"q": f"*{dt}", "k": f"*{dt}", "v": f"*{dt}", "h0": "*fp32"}
         shape = {"H": 8, "K": 64, "V": 128, "BK": 64, "BV": 64}
         specs.append(AotSpec(module=__name__, name="_recurrent_fwd_kernel", label=dt, signature={
