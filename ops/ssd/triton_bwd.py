@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .._triton_aot import AotSpec
-from .triton_fwd import _causal_decay, _load_rows
+from .triton_fwd import _causal_decay, _load_rows, _load_tile
 
 
 @triton.jit
@@ -60,7 +60,8 @@ def _ssd_state_pass_bwd(dhout_ptr, hin_ptr, acum_ptr, dfinal_ptr, seq_ptr, dstat
 def _ssd_chunk_dx_bwd(x_ptr, b_ptr, c_ptr, dt_ptr, acum_ptr, dy_ptr, dstates_ptr, dx_ptr, gdt_ptr, gst_ptr,
                       H, G, Lp, P, N, Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                       PREC: tl.constexpr):
-    # rows j of one chunk and head, all of P in one tile (BP >= P)
+    # rows j (BM of them) of one chunk and head, all of P in one tile (BP >= P). u, v, the (j, i)
+    # tile B_j C_i^T and the tf32x3 operand splits are live at once: BM 64 spills on sm_80.
     mb = tl.program_id(0)
     sc = tl.program_id(1)
     h = tl.program_id(2)
@@ -84,8 +85,7 @@ def _ssd_chunk_dx_bwd(x_ptr, b_ptr, c_ptr, dt_ptr, acum_ptr, dy_ptr, dstates_ptr
     for n0 in range(0, N, BN):
         n = n0 + tl.arange(0, BN)
         bj = _load_rows(b_base, j, n, G * N, N, cdt)                              # (BM, BN)
-        dsT = _load_rows(ds_base, p, n, N, N, cdt)                                # (BP, BN) = dS[p, n]
-        dsT = tl.where(p[:, None] < P, dsT, 0.0)
+        dsT = _load_tile(ds_base, p, n, P, N, N, cdt)                             # (BP, BN) = dS[p, n]
         v += tl.dot(bj, tl.trans(dsT), input_precision=PREC)
     v = v * tl.exp(s_last - s_j)[:, None]
     u = tl.zeros((BM, BP), dtype=cdt)
@@ -154,8 +154,7 @@ def _ssd_chunk_dbc_bwd(x_ptr, dy_ptr, other_ptr, dt_ptr, acum_ptr, st_ptr, out_p
         rst = tl.zeros((BM, BN), dtype=cdt)                                       # x_j dS or dY_i H_c
         for p0 in range(0, P, BP):
             p = p0 + tl.arange(0, BP)
-            st = tl.load(st_base + p[:, None] * N + n[None, :], mask=(p[:, None] < P) & (n[None, :] < N),
-                         other=0.0).to(cdt)                                       # (BP, BN) rows p
+            st = _load_tile(st_base, p, n, P, N, N, cdt)                          # (BP, BN) rows p
             rst += tl.dot(_load_rows(r_base, rows, p, H * P, P, cdt), st, input_precision=PREC)
         if IS_DB:
             s_last = tl.load(acum_ptr + a_base + c * Q + Q - 1)
@@ -196,7 +195,7 @@ AOT_SPECS = [
             signature={"x_ptr": _P32, "b_ptr": _P32, "c_ptr": _P32, "dt_ptr": _P32, "acum_ptr": _P32, "dy_ptr": _P32,
                        "dstates_ptr": _P32, "dx_ptr": _P32, "gdt_ptr": _P32, "gst_ptr": _P32, **_DIMS, **_BLK,
                        "PREC": "constexpr"},
-            constexprs={"Q": 256, "BM": 64, "BP": 64, "BN": 32, "PREC": "tf32x3"},
+            constexprs={"Q": 256, "BM": 32, "BP": 64, "BN": 32, "PREC": "tf32x3"},
             num_warps=8, num_stages=2),
     *[AotSpec(module=__name__, name="_ssd_chunk_dbc_bwd",
               signature={"x_ptr": _P32, "dy_ptr": _P32, "other_ptr": _P32, "dt_ptr": _P32, "acum_ptr": _P32,

@@ -38,6 +38,14 @@ def _load_rows(ptr, rows, cols, row_stride, ncols, cdt):
 
 
 @triton.jit
+def _load_tile(ptr, rows, cols, nrows, ncols, row_stride, cdt):
+    """Tile ptr[rows, cols] (rows < nrows, cols < ncols) cast to cdt, zero outside: a state tile
+    (P, N) read as (BP, BN), whose rows past P would belong to the next head (or lie past the end)."""
+    return tl.load(ptr + rows[:, None].to(tl.int64) * row_stride + cols[None, :],
+                   mask=(rows[:, None] < nrows) & (cols[None, :] < ncols), other=0.0).to(cdt)
+
+
+@triton.jit
 def _ssd_chunk_cumsum_fwd(dt_ptr, A_ptr, acum_ptr, H, Lp, Q: tl.constexpr):
     c = tl.program_id(0)
     sh = tl.program_id(1)                                    # s * H + h
@@ -138,8 +146,7 @@ def _ssd_chunk_out_fwd(x_ptr, b_ptr, c_ptr, dt_ptr, acum_ptr, hin_ptr, y_ptr, H,
     for n0 in range(0, N, BN):
         n = n0 + tl.arange(0, BN)
         ci = _load_rows(c_base, i, n, G * N, N, cdt)                              # (BM, BN)
-        hv = _load_rows(h_base, p, n, N, N, cdt)                                  # (BP, BN), rows p
-        hv = tl.where(p[:, None] < P, hv, 0.0)
+        hv = _load_tile(h_base, p, n, P, N, N, cdt)                               # (BP, BN) = H_c[p, n]
         acc += tl.dot(ci, tl.trans(hv), input_precision=PREC)
     acc = acc * tl.exp(s_i)[:, None]
     for k0 in range(0, (mb + 1) * BM, BM):

@@ -35,11 +35,13 @@ __all__ = ["ssd_scan_triton"]
 
 # Largest row tile (positions of a chunk) and state tile (N), chosen so that the sm_90 builds
 # (8 warps, tf32x3 dots) do not spill at the Mamba-2 shape; tests shrink them to run the
-# multi-tile loops on small shapes. The dB / dC kernel sums over P in slices of MAX_BP_DBC
-# (a 32-wide slice spills on sm_80, all of P in one tile on sm_90 and sm_80).
+# multi-tile loops on small shapes. The backward's per-chunk kernels (dx, dB / dC) take rows in
+# tiles of at most MAX_BM_BWD (64 spills on sm_80: dx 1260 B); the dB / dC kernel sums over P in
+# slices of MAX_BP_DBC (a 32-wide slice spills on sm_80, all of P in one tile on sm_90 and sm_80).
+# triton_bwd.AOT_SPECS compile the same sizes.
 MAX_BM = 64
 MAX_BN = 32
-MAX_BM_DBC = 32
+MAX_BM_BWD = 32
 MAX_BP_DBC = 16
 
 
@@ -61,7 +63,7 @@ class _Plan:
         self.BM = min(self.Q, MAX_BM)
         self.BP = _pow2(self.P)
         self.BN = min(_pow2(self.N), MAX_BN)
-        self.BM_dbc = min(self.BM, MAX_BM_DBC)
+        self.BM_bwd = min(self.BM, MAX_BM_BWD)
         self.BP_dbc = min(self.BP, MAX_BP_DBC)
         self.BLOCK = min(1024, triton.next_power_of_2(self.P * self.N))
         self.warps = 8                                                            # matmul kernels
@@ -169,15 +171,15 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, init, cu_seqlens, y_ssm
     dxq = torch.empty_like(dyq)
     gdt = torch.empty_like(dtq)                                                   # x_j . dx_j / dt'_j
     gst = torch.empty_like(dtq)                                                   # x_j . (state part) / dt'_j
-    nmb = triton.cdiv(Q, plan.BM)
+    nmb = triton.cdiv(Q, plan.BM_bwd)
     _ssd_chunk_dx_bwd[(nmb, S * Cs, H)](xq, Bq, Cq, dtq, acum, dyq, dstates, dxq, gdt, gst, H, G, Lp, P, N, Q=Q,
-                                        BM=plan.BM, BP=plan.BP, BN=plan.BN, PREC=plan.prec, num_warps=plan.warps,
-                             num_stages=plan.stages)
+                                        BM=plan.BM_bwd, BP=plan.BP, BN=plan.BN, PREC=plan.prec,
+                                        num_warps=plan.warps, num_stages=plan.stages)
     dBq = x.new_empty((S, Lp, G, N), dtype=cdt)
     dCq = torch.empty_like(dBq)
-    grid = (triton.cdiv(Q, plan.BM_dbc) * triton.cdiv(N, plan.BN), S * Cs, G)
+    grid = (triton.cdiv(Q, plan.BM_bwd) * triton.cdiv(N, plan.BN), S * Cs, G)
     for other, st, out, is_db in ((Cq, dstates, dBq, True), (Bq, hin, dCq, False)):
-        _ssd_chunk_dbc_bwd[grid](xq, dyq, other, dtq, acum, st, out, H, G, Lp, P, N, Q=Q, BM=plan.BM_dbc,
+        _ssd_chunk_dbc_bwd[grid](xq, dyq, other, dtq, acum, st, out, H, G, Lp, P, N, Q=Q, BM=plan.BM_bwd,
                                  BP=plan.BP_dbc, BN=plan.BN, IS_DB=is_db, PREC=plan.prec, num_warps=plan.warps,
                                  num_stages=plan.stages)
 
