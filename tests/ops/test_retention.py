@@ -194,6 +194,9 @@ TRITON_CASES = [  # form, B, T, H, K, V, dtype, use_h0, want_ht, chunk_size
     ("chunk", 1, 37, 2, 8, 12, torch.float64, True, True, 16),
     ("chunk", 1, 40, 2, 6, 4, torch.float32, True, False, 32),
     ("chunk", 1, 20, 1, 4, 4, torch.float32, False, True, 4),   # chunk below the 16-step tile
+    # float32 blocks are 32 wide: K 40 gives 2 K blocks, V 20 one V block in chunk_o but 2 of
+    # chunk_dqk's 16-wide ones (the second padded), so its V loop runs more than once
+    ("chunk", 1, 21, 1, 40, 20, torch.float32, True, True, 16),
     ("parallel", 1, 21, 2, 8, 8, torch.float64, False, False, 64),
     ("recurrent", 1, 1, 2, 4, 8, torch.float64, True, True, 0),
     ("recurrent", 1, 7, 2, 5, 6, torch.float32, True, True, 0),
@@ -210,7 +213,7 @@ def test_triton_matches_reference(triton_interpreter, case):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [
     ("chunk", 2, 63, 4, 70, 17, torch.float64, True, True, 16),    # 2 K blocks, padded K and V
-    ("chunk", 1, 100, 3, 16, 80, torch.float32, True, True, 32),   # 2 V blocks
+    ("chunk", 1, 100, 3, 16, 80, torch.float32, True, True, 32),   # 3 V blocks (5 in chunk_dqk)
     ("chunk", 1, 100, 2, 32, 32, torch.float32, False, True, 64),
     ("parallel", 1, 63, 4, 16, 16, torch.float32, False, False, 64),
     ("recurrent", 1, 63, 2, 70, 17, torch.float64, True, True, 0),
