@@ -201,6 +201,9 @@ TRITON_CASES = [
     ((1, 63, 2, 5, 2, 6, 32, dict(z=True, D="H")), (torch.float32,)),
     ((1, 63, 2, 3, 1, 4, 16, dict(dt_bias=True, init=True)), (torch.float32,)),
     ((1, 7, 2, 3, 1, 4, 4, dict(init=True)), (torch.float64,)),  # chunk < 16: kernels use 16
+    # P 40: dB / dC sum over P in 16-wide slices (0, 16, 32: three, the last one masked past P),
+    # dx and the forward hold P in one 64-wide tile; 2 heads per group in dB / dC's head loop
+    ((1, 40, 2, 40, 1, 5, 16, dict(D="H", z=True, init=True)), (torch.float32,)),
 ]
 TRITON_PARAMS = [pytest.param(c, d, id=_ids([c])[0] + f"-{str(d)[6:]}") for c, ds in TRITON_CASES for d in ds]
 TRITON_SLOW = [
