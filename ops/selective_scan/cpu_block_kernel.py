@@ -14,7 +14,7 @@ horizontal sum), and the 16 recurrences per step are independent chains that hid
 latency. u, delta, z (and dout in the backward) are transposed per chunk of K steps into (K, 16)
 tiles; the pointwise parts (dl = softplus(delta + bias), silu(z) and their derivatives) are
 computed on the tiles in a pass of their own before the step loop (inside it, their chain of exp,
-division and series sat in front of each step's 16 exps: the forward was 10% slower); y, du,
+division and series sat in front of each step's 16 exps: the forward was 7-15% slower); y, du,
 ddelta, dz are transposed back. Each block reads 16 row segments per chunk, too
 many streams for the hardware prefetcher: the loops prefetch the next chunk's lines, one per step.
 
