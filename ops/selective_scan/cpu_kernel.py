@@ -20,13 +20,13 @@ from the checkpoints):
     ddelta_t = ddl_t sigmoid(delta_t + bias) (softplus);  dz_t = dout_t (C_t . h_t + D u_t) silu'(z_t)
 dB, dC are summed over the channels of a group in per-thread buffers, added together at the end.
 
-float32 uses a branch-free exp (Cody-Waite reduction + degree-7 polynomial, ~1 ulp, inputs
-clamped to [-87, 88]) and log1p on [0, 1] (atanh series) that the compiler vectorises; float64
-uses libm's exp and log1p.
+float32 uses the branch-free exp of ``_cpu_math`` and log1p on [0, 1] (atanh series), which the
+compiler vectorises; float64 uses libm's exp and log1p.
 """
 from __future__ import annotations
 
 from .._cpu_jit import CKernel, I64, PTR
+from .._cpu_math import EXP_F32_SOURCE
 
 __all__ = ["LIB", "CHUNK", "COMMON_SOURCE"]
 
@@ -39,27 +39,7 @@ _COMMON = r"""
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-static inline float ss_vexp_f32(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    float kf = (x * 1.4426950408889634f + 12582912.0f) - 12582912.0f;
-    float r = x - kf * 0.693145751953125f;
-    r = r - kf * 1.4286068203094172e-06f;
-    float p = 1.9841269841269841e-04f;
-    p = p * r + 1.3888888888888889e-03f;
-    p = p * r + 8.3333333333333333e-03f;
-    p = p * r + 4.1666666666666667e-02f;
-    p = p * r + 1.6666666666666667e-01f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits = ((int32_t)kf + 127) << 23;
-    float s;
-    memcpy(&s, &bits, sizeof(s));
-    return p * s;
-}
-
+""" + EXP_F32_SOURCE + r"""
 /* log1p(e) for e in [0, 1]: 2 atanh(s), s = e / (2 + e) <= 1/3, odd series to s^13 (~1e-8 relative) */
 static inline float ss_log1p01_f32(float e) {
     const float s = e / (2.0f + e), s2 = s * s;
@@ -339,8 +319,8 @@ def _instantiate(template: str, scalar: str, sfx: str, vexp: str, log1p01: str) 
 
 
 # the float32 exp / log1p and pre-passes, shared with the channel-blocked kernels (cpu_block_kernel)
-COMMON_SOURCE = _COMMON + _instantiate(_PREP_TEMPLATE, "float", "f32", "ss_vexp_f32", "ss_log1p01_f32")
-_SOURCE = (COMMON_SOURCE + _instantiate(_TEMPLATE, "float", "f32", "ss_vexp_f32", "ss_log1p01_f32")
+COMMON_SOURCE = _COMMON + _instantiate(_PREP_TEMPLATE, "float", "f32", "cpu_exp_f32", "ss_log1p01_f32")
+_SOURCE = (COMMON_SOURCE + _instantiate(_TEMPLATE, "float", "f32", "cpu_exp_f32", "ss_log1p01_f32")
            + _instantiate(_PREP_TEMPLATE + _TEMPLATE, "double", "f64", "exp", "log1p"))
 
 _FWD_ARGS = [PTR] * 14 + [I64] * 10
