@@ -8,11 +8,11 @@ sum restarted at every chunk; xdt_j = dt'_j x_j):
     states:  S_c  = sum_j exp(s_{Q-1} - s_j) xdt_j B_j^T                (P, N) per head
     passing: H_{c+1} = exp(s_{Q-1}) H_c + S_c,  H = initial state at a sequence's first chunk
     inter:   Y_i += exp(s_i) H_c C_i
-    output:  Y_i += D x_i        (the silu(z) gate is applied by the caller, ops/ssd/__init__.py)
+    output:  Y_i += D x_i,  Y_i *= silu(z_i)  (the gate applied block by block)
 
-L_ij = exp(s_i - s_j) is formed only for i >= j (the exponent is zeroed above the diagonal before exp
-and the result masked after), so no exp of a large positive number appears; exponents below
-EXP_FLOOR are floored there (exp of -inf or into denormals is ~10x slower on CPU).
+L_ij = exp(s_i - s_j) is formed only for i >= j, in one fused C loop that also multiplies in C B^T
+for the forward (cpu_decay.py; a torch fallback), so no exp of a large positive number appears;
+exponents below EXP_FLOOR are floored there (exp of -inf or into denormals is ~10x slower on CPU).
 Layouts (no per-head copies of B and C):
 * intra-chunk: head-major (.., H, Q, Q) masks times (.., H, Q, P) inputs, one batched matmul;
 * states, inter-chunk and their gradients: token layout with the heads in the matmul's column
@@ -23,14 +23,17 @@ Layouts (no per-head copies of B and C):
 The work runs over blocks of chunks (``BLOCK_ELEMS`` numbers per temporary): small temporaries stay
 in cache and are recycled by the allocator (a fresh 50 MB tensor per step costs more in page faults
 than the arithmetic on it). The backward (``cpu_bwd.py``) mirrors the forward block by block in
-reverse. Saved for backward: the inputs and the (N, R*P) state entering each chunk; the Q x Q masks
-are recomputed. Peak memory is O(block * H * Q * Q + (L / Q) * H * P * N).
+reverse. Saved for backward: the inputs, the (N, R*P) state entering each chunk and, with z, the
+ungated y; the Q x Q masks are recomputed. Peak memory is O(block * H * Q * Q + (L / Q) * H * P * N);
+without a backward to follow (no grad), O(block * (H * Q * Q + H * P * N)): the states live one
+block at a time.
 Accumulation is float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
 
 import torch
 
+from . import cpu_decay
 from .cpu_passing import pass_fwd
 from .layout import ChunkLayout
 
@@ -55,7 +58,7 @@ def stack_groups(parts: list, dim: int) -> torch.Tensor:
 class SSDChunks:
     """Packed, chunked views of the inputs, chunk metadata and the state layout helpers."""
 
-    def __init__(self, x, dtp, A, B, C, D, layout: ChunkLayout):
+    def __init__(self, x, dtp, A, B, C, D, layout: ChunkLayout, z=None):
         S, Cs, Q = layout.S, layout.Cs, layout.Q
         self.layout = layout
         self.H, self.P = x.shape[2], x.shape[3]
@@ -66,6 +69,7 @@ class SSDChunks:
         self.dtq = layout.pack(dtp.to(cdt)).reshape(S, Cs, Q, self.H)              # (S, Cs, Q, H)
         self.Bq = layout.pack(B.to(cdt)).reshape(S, Cs, Q, self.G, self.N)          # (S, Cs, Q, G, N)
         self.Cq = layout.pack(C.to(cdt)).reshape(S, Cs, Q, self.G, self.N)
+        self.zq = None if z is None else layout.pack(z.to(cdt)).reshape(S, Cs, Q, self.H, self.P)
         self.A = A.to(cdt)
         self.D = None if D is None else (D[:, None] if D.dim() == 1 else D).to(cdt)   # (H, 1) | (H, P)
         self.first, self.last, self.seq = [False] * Cs, [False] * Cs, layout.chunk_seq[0].tolist()
@@ -116,6 +120,7 @@ class ChunkBlock:
         self.k, self.c0, self.c1 = k, c0, c1
         self.xq, self.dtq = k.xq[:, c0:c1], k.dtq[:, c0:c1]                        # (S, K, Q, H, P), (S, K, Q, H)
         self.Bq, self.Cq = k.Bq[:, c0:c1], k.Cq[:, c0:c1]                           # (S, K, Q, G, N)
+        self.zq = None if k.zq is None else k.zq[:, c0:c1]                          # (S, K, Q, H, P)
         self.s = (self.dtq * k.A).cumsum(2)                                         # (S, K, Q, H) s_i
         self.s_end = self.s[:, :, -1]                                               # (S, K, H)
         self.w = torch.exp(self.s_end[:, :, None] - self.s)                         # exp(s_end - s_j)
@@ -150,17 +155,32 @@ class ChunkBlock:
         """exp(s_end - s_j) dt'_j x_j, token layout (S, K, Q, H, P)."""
         return self.xq * (self.dtq * self.w)[..., None]
 
-    def decay_mask(self) -> torch.Tensor:
-        """L (S, K, H, Q, Q): exp(s_i - s_j) for i >= j, else 0. The exponent is 0 above the diagonal
-        (masked before exp) and at least EXP_FLOOR below it: exp of -inf, or of anything that
-        underflows to a denormal, is about 10x slower on CPU, and exp(EXP_FLOOR) is already far
-        below what the sums can resolve."""
+    def decay_mask(self, CB: torch.Tensor | None = None, dt: bool = False, D: torch.Tensor | None = None):
+        """L (S, K, H, Q, Q): exp(s_i - s_j) for i >= j, else 0; times C B^T (``cb()``, (S, K, G, 1, Q, Q))
+        and times dt'_j (column j) and plus D (H,) on the diagonal when asked, which makes the forward's
+        (C B^T * L) Xdt + D x one matmul with x. The exponent is floored at EXP_FLOOR below the diagonal:
+        exp of -inf, or of anything that underflows to a denormal, is about 10x slower on CPU, and
+        exp(EXP_FLOOR) is already far below what the sums can resolve. One fused C loop (cpu_decay.py)
+        where it applies; else torch, with the exponent zeroed above the diagonal before exp and the
+        result masked after."""
         sh = self.s.transpose(2, 3).contiguous()                                    # (S, K, H, Q)
+        w = self.dtq.transpose(2, 3).contiguous() if dt else None                   # (S, K, H, Q)
+        floor = EXP_FLOOR[torch.float64 if sh.dtype == torch.float64 else torch.float32]
+        L = cpu_decay.decay_mask(sh, floor, None if CB is None else CB.contiguous(), self.k.R, w,
+                                 None if D is None else D.contiguous())
+        if L is not None:
+            return L
         seg = sh[..., :, None] - sh[..., None, :]
-        Q = sh.shape[-1]
+        S, K, H, Q = sh.shape
         upper = torch.ones(Q, Q, dtype=torch.bool, device=seg.device).triu_(1)
-        floor = EXP_FLOOR[torch.float64 if seg.dtype == torch.float64 else torch.float32]
-        return seg.masked_fill_(upper, 0.0).clamp_(min=floor).exp_().masked_fill_(upper, 0.0)
+        L = seg.masked_fill_(upper, 0.0).clamp_(min=floor).exp_().masked_fill_(upper, 0.0)
+        if CB is not None:
+            L.view(S, K, self.k.G, self.k.R, Q, Q).mul_(CB)
+        if w is not None:
+            L.mul_(w[..., None, :])
+        if D is not None:
+            L.diagonal(dim1=-2, dim2=-1).add_(D[:, None])
+        return L
 
     def cb(self) -> torch.Tensor:
         """C B^T per chunk and group, shaped to broadcast over the group's heads: (S, K, G, 1, Q, Q)."""
@@ -168,58 +188,64 @@ class ChunkBlock:
         out = [torch.bmm(self.group(self.Cq, g), self.group(self.Bq, g).transpose(1, 2)) for g in range(self.k.G)]
         return stack_groups(out, 1).reshape(S, K, self.k.G, 1, Q, Q)
 
-    def masked_cb(self, L: torch.Tensor, CB: torch.Tensor) -> torch.Tensor:
-        """(C B^T * L) per head, (S, K, H, Q, Q); in place in L."""
-        S, K, H, Q = L.shape[:4]
-        L.view(S, K, self.k.G, self.k.R, Q, Q).mul_(CB)
-        return L
 
-
-def _forward(k: SSDChunks, initial_states):
-    """Returns y (b, L, H, P) in compute dtype, finals (n, H, P, N) and the states entering every
-    chunk Hts (G, S, Cs, N, R, P) (transposed) for the backward."""
+def _forward(k: SSDChunks, initial_states, keep: bool):
+    """Returns y (b, L, H, P) in the compute dtype, times silu(z) when z is given, and the final
+    states finals (n, H, P, N). With ``keep`` (a backward will run) also the states entering every
+    chunk Hts (G, S, Cs, N, R, P) (transposed) and, with z, the ungated y_pre (b, L, H, P);
+    without, None and None: the states then exist one block at a time."""
     lay = k.layout
     S, Cs, Q = lay.S, lay.Cs, lay.Q
     G, R, P, N, H = k.G, k.R, k.P, k.N, k.H
     y = k.xq.new_empty(S, Cs, Q, H, P)
-    Hts = k.xq.new_empty(G, S, Cs, N, R, P)
+    ypre = k.xq.new_empty(S, Cs, Q, H, P) if keep and k.zq is not None else None
+    Hts = k.xq.new_empty(G, S, Cs, N, R, P) if keep else None
     finals = k.xq.new_empty(G, lay.n_seqs, N, R, P)
     init_t = None if initial_states is None else k.state_t(initial_states.to(k.cdt))    # (G, n, N, R, P)
     carry = None                                                                    # state leaving the last chunk
     for c0, c1 in k.blocks():
         b = k.block(c0, c1)
-        # intra-chunk (head-major): (C B^T * L) Xdt
-        y_intra = torch.matmul(b.masked_cb(b.decay_mask(), b.cb()), b.xdt_heads())   # (S, K, H, Q, P)
+        # intra-chunk (head-major): (C B^T * L * dt'_j + diag(D)) x; D of shape (H, P) is added below
+        Dd = k.D[:, 0] if k.D is not None and k.D.shape[1] == 1 else None
+        y_intra = torch.matmul(b.decay_mask(b.cb(), dt=True, D=Dd), b.head_major(b.xq))  # (S, K, H, Q, P)
         # chunk states, transposed: St[g] = B_g^T (w Xdt)_g, (N, R*P) per chunk
         xw = b.xw()
         St = stack_groups([torch.bmm(b.group(b.Bq, g).transpose(1, 2), b.group(xw, g)) for g in range(G)], 0)
         St = St.view(G, S, c1 - c0, N, R, P)
         del xw
-        # passing: Hts[:, :, c] = state entering chunk c (cpu_passing.py)
+        # passing: the state entering chunk c, into Hts[:, :, c] or this block's own buffer (cpu_passing.py)
+        dest, hoff = (Hts, c0) if keep else (k.xq.new_empty(G, S, c1 - c0, N, R, P), 0)
         for ca, cb in k.runs(c0, c1):
             if k.first[ca]:
                 carry = k.new_carry(init_t, ca)
-            pass_fwd(St, b.dec4, Hts, carry, ca - c0, cb - c0, c0)
+            pass_fwd(St, b.dec4, dest, carry, ca - c0, cb - c0, hoff)
             if k.last[cb - 1]:
                 k.state_slot(finals, cb - 1).copy_(carry)
         # inter-chunk (token layout): exp(s_i) C_i H_c, per group (Q, N) x (N, R*P)
-        Hb = Hts[:, :, c0:c1]
+        Hb = dest[:, :, hoff:hoff + c1 - c0]
         yb = stack_groups([torch.bmm(b.group(b.Cq, g), b.state_mats(Hb, g)) for g in range(G)], 2)
         yb = yb.view(S, c1 - c0, Q, H, P).mul_(b.e[..., None])
         yb += y_intra.permute(0, 1, 3, 2, 4)
-        if k.D is not None:
+        if k.D is not None and Dd is None:
             yb.addcmul_(b.xq, k.D)
-        y[:, c0:c1] = yb
+        if b.zq is None:
+            y[:, c0:c1] = yb
+        else:                                                                       # the gate, while the block is in cache
+            if ypre is not None:
+                ypre[:, c0:c1] = yb
+            torch.mul(yb, torch.nn.functional.silu(b.zq), out=y[:, c0:c1])
     y = lay.unpack(y.view(S, Cs * Q, H, P))                                         # (b, L, H, P)
-    return y, k.state_untransposed(finals), Hts
+    ypre = None if ypre is None else lay.unpack(ypre.view(S, Cs * Q, H, P))
+    return y, k.state_untransposed(finals), Hts, ypre
 
 
 class _SSDChunkedFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dtp, A, B, C, D, initial_states, layout):
-        k = SSDChunks(x, dtp, A, B, C, D, layout)
-        y, finals, Hts = _forward(k, initial_states)
-        ctx.save_for_backward(x, dtp, A, B, C, D, initial_states, Hts)
+    def forward(ctx, x, dtp, A, B, C, D, z, initial_states, layout, keep):
+        k = SSDChunks(x, dtp, A, B, C, D, layout, z)
+        with torch.autocast(x.device.type, enabled=False):                          # matmuls in the compute dtype
+            y, finals, Hts, ypre = _forward(k, initial_states, keep)
+        ctx.save_for_backward(x, dtp, A, B, C, D, z, initial_states, Hts, ypre)
         ctx.layout = layout
         return y.contiguous(), finals                                               # compute dtype
 
@@ -227,19 +253,25 @@ class _SSDChunkedFn(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         from .cpu_bwd import ssd_chunked_backward
 
-        x, dtp, A, B, C, D, initial_states, Hts = ctx.saved_tensors
+        x, dtp, A, B, C, D, z, initial_states, Hts, ypre = ctx.saved_tensors
+        dz = None
+        if z is not None:                                                           # y = y_pre silu(z)
+            zc = z.to(ypre.dtype)
+            dz = torch.ops.aten.silu_backward(dy * ypre, zc).to(z.dtype)
+            dy = dy * torch.nn.functional.silu(zc)
         k = SSDChunks(x, dtp, A, B, C, D, ctx.layout)
-        dx, ddt, dA, dB, dC, dD, dinit = ssd_chunked_backward(k, Hts, dy, dfinal, initial_states is not None)
+        with torch.autocast(x.device.type, enabled=False):
+            dx, ddt, dA, dB, dC, dD, dinit = ssd_chunked_backward(k, Hts, dy, dfinal, initial_states is not None)
         return (dx.to(x.dtype), ddt.to(dtp.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                None if D is None else (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype),
-                None if dinit is None else dinit.to(initial_states.dtype), None)
+                None if D is None else (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype), dz,
+                None if dinit is None else dinit.to(initial_states.dtype), None, None)
 
 
 def ssd_chunked(x, dtp, A, B, C, D, z, initial_states, layout: ChunkLayout):
     """x: (b, L, H, P); dtp: (b, L, H) preprocessed dt'; A: (H,); B, C: (b, L, G, N);
     D: (H,) | (H, P) | None; z: (b, L, H, P) | None; initial_states: (n_seqs, H, P, N) | None.
     Returns y (b, L, H, P) in x.dtype and final states (n_seqs, H, P, N) in the compute dtype."""
-    y, final = _SSDChunkedFn.apply(x, dtp, A, B, C, D, initial_states, layout)  # y in the compute dtype
-    if z is not None:
-        y = y * torch.nn.functional.silu(z.to(y.dtype))
+    tensors = (x, dtp, A, B, C, D, z, initial_states)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    y, final = _SSDChunkedFn.apply(x, dtp, A, B, C, D, z, initial_states, layout, keep)
     return y.to(x.dtype), final

@@ -105,46 +105,118 @@ BLOCK_CASES = [
 ]
 
 
-def _passing(kind, monkeypatch):
-    """Chunk-state passing through the fused C loop (skipped without a compiler) or its torch fallback."""
-    from parazoo.ops.ssd import cpu_passing
+def _loops(kind, monkeypatch):
+    """Chunk-state passing and the intra-chunk decay masks through their fused C loops (skipped without
+    a compiler) or their torch fallbacks."""
+    from parazoo.ops.ssd import cpu_decay, cpu_passing
 
     if kind == "torch":
         monkeypatch.setattr(cpu_passing, "_lib", lambda t: None)
-    elif cpu_passing.KERNEL.load() is None:
-        pytest.skip("no C compiler: the fused passing loop is unavailable")
+        monkeypatch.setattr(cpu_decay, "decay_mask", lambda *args: None)
+    elif cpu_passing.KERNEL.load() is None or cpu_decay.KERNEL.load() is None:
+        pytest.skip("no C compiler: the fused loops are unavailable")
 
 
-@pytest.mark.parametrize("passing", ["c", "torch"])
+@pytest.mark.parametrize("loops", ["c", "torch"])
 @pytest.mark.parametrize("block_elems", [1, 700])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", BLOCK_CASES, ids=_ids(BLOCK_CASES))
-def test_cpu_backward_over_blocks_matches_reference(case, dtype, block_elems, passing, monkeypatch):
+def test_cpu_backward_over_blocks_matches_reference(case, dtype, block_elems, loops, monkeypatch):
     from parazoo.ops.ssd import cpu
 
     monkeypatch.setattr(cpu, "BLOCK_ELEMS", block_elems)
-    _passing(passing, monkeypatch)
+    _loops(loops, monkeypatch)
     ins, Q, sp = _case(case, dtype)
     expected = run("reference", ins, Q, sp, dtype=torch.float64)
     check_against(run("cpu", ins, Q, sp, dtype=dtype), expected, dtype)
 
 
-@pytest.mark.parametrize("passing", ["c", "torch"])
+@pytest.mark.parametrize("loops", ["c", "torch"])
 @pytest.mark.parametrize("block_elems", [1, 10 ** 6])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cpu_backward_over_blocks_cu_seqlens(dtype, block_elems, passing, monkeypatch):
+def test_cpu_backward_over_blocks_cu_seqlens(dtype, block_elems, loops, monkeypatch):
     """Packed sequences (one empty, one of length 1, one ending exactly on a chunk), one chunk per
     block or all in one: the state gradient must stop at every sequence start and restart from
     d final."""
     from parazoo.ops.ssd import cpu
 
     monkeypatch.setattr(cpu, "BLOCK_ELEMS", block_elems)
-    _passing(passing, monkeypatch)
+    _loops(loops, monkeypatch)
     lens = [8, 0, 21, 1, 12]
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
     ins = make_inputs(1, sum(lens), 4, 3, 2, 5, D="H", z=True, dt_bias=True, init=True, n_states=len(lens))
     expected = run("reference", ins, 8, True, cu_seqlens=cu)
     check_against(run("cpu", ins, 8, True, cu_seqlens=cu, dtype=dtype), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("Q, G, R", [(7, 1, 1), (64, 2, 3)])
+def test_decay_mask_kernel_matches_definition(Q, G, R, dtype):
+    """The fused C loop against its definition: exp(max(s_i - s_j, floor)), times the head's group's
+    C B^T and the column's w_j, plus the head's d on the diagonal, on and below the diagonal and
+    exactly 0 above; decays strong enough to hit the floor; every combination of the optional factors."""
+    from parazoo.ops.ssd import cpu_decay
+    from parazoo.ops.ssd.cpu import EXP_FLOOR
+
+    if cpu_decay.KERNEL.load() is None:
+        pytest.skip("no C compiler: the fused decay loop is unavailable")
+    g = torch.Generator().manual_seed(0)
+    H, lead = G * R, (2, 3)
+
+    def rn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    steps = torch.rand(*lead, H, Q, generator=g, dtype=torch.float64) * 0.5
+    steps[..., Q // 2] = 100.0                                                       # a jump past the floor
+    s = (-steps.cumsum(-1)).to(dtype)                                                # (2, 3, H, Q), decreasing
+    cb, w, d = rn(*lead, G, Q, Q), rn(*lead, H, Q), rn(H)
+    floor = EXP_FLOOR[torch.float64 if dtype == torch.float64 else torch.float32]
+    i, j = torch.arange(Q)[:, None], torch.arange(Q)[None, :]
+    decay = torch.exp((s[..., :, None] - s[..., None, :]).clamp(min=floor).where(j <= i, 0.0)) * (j <= i)
+    rtol = 1e-14 if dtype == torch.float64 else 2e-6
+    for use_cb, use_w, use_d in [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)]:
+        want = decay.clone()
+        if use_cb:
+            want = want * cb.repeat_interleave(R, dim=-3)
+        if use_w:
+            want = want * w[..., None, :]
+        if use_d:
+            want = want + torch.diag_embed(d[:, None].expand(H, Q))
+        got = cpu_decay.decay_mask(s.contiguous(), floor, cb if use_cb else None, R, w if use_w else None,
+                                   d if use_d else None)
+        assert got.shape == (*lead, H, Q, Q) and got.dtype == dtype
+        assert (got.tril() == got).all() and not got.isnan().any()
+        torch.testing.assert_close(got, want, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("block_elems", [1, 10 ** 6])
+@pytest.mark.parametrize("packed", [False, True])
+def test_cpu_no_grad_forward_equals_grad_forward(packed, block_elems, monkeypatch):
+    """Without a backward to follow, the CPU path keeps no per-chunk states (each block's own buffer)
+    and no ungated y: the outputs must be bitwise those of the forward that keeps them, over one chunk
+    per block and over one block, with packed sequences that start and end inside blocks."""
+    from parazoo.ops.ssd import cpu
+
+    monkeypatch.setattr(cpu, "BLOCK_ELEMS", block_elems)
+    if packed:
+        lens = [8, 0, 21, 1, 12]
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+        ins = make_inputs(1, sum(lens), 4, 3, 2, 5, D="H", z=True, dt_bias=True, init=True, n_states=len(lens))
+    else:
+        cu = None
+        ins = make_inputs(3, 45, 6, 3, 3, 4, D="HP", z=True, init=True)
+
+    def fwd():
+        return ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 8, D=ins["D"], z=ins["z"],
+                        dt_bias=ins["dt_bias"], dt_softplus=True, initial_states=ins["initial_states"],
+                        return_final_states=True, cu_seqlens=cu, backend="cpu")
+
+    with torch.no_grad():
+        y0, f0 = fwd()
+    ins["x"] = ins["x"].clone().requires_grad_(True)
+    y1, f1 = fwd()
+    assert y1.requires_grad and not y0.requires_grad
+    assert torch.equal(y0, y1.detach()) and torch.equal(f0, f1.detach())
 
 
 @pytest.mark.parametrize("use", ["y", "final"])
