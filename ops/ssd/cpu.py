@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu_decay
+from . import cpu_decay, cpu_output
 from .cpu_passing import pass_fwd
 from .layout import ChunkLayout
 
@@ -69,7 +69,7 @@ class SSDChunks:
         self.dtq = layout.pack(dtp.to(cdt)).reshape(S, Cs, Q, self.H)              # (S, Cs, Q, H)
         self.Bq = layout.pack(B.to(cdt)).reshape(S, Cs, Q, self.G, self.N)          # (S, Cs, Q, G, N)
         self.Cq = layout.pack(C.to(cdt)).reshape(S, Cs, Q, self.G, self.N)
-        self.zq = None if z is None else layout.pack(z.to(cdt)).reshape(S, Cs, Q, self.H, self.P)
+        self.zq = None if z is None else layout.pack(z.to(cdt)).reshape(S, Cs, Q, self.H, self.P).contiguous()
         self.A = A.to(cdt)
         self.D = None if D is None else (D[:, None] if D.dim() == 1 else D).to(cdt)   # (H, 1) | (H, P)
         self.first, self.last, self.seq = [False] * Cs, [False] * Cs, layout.chunk_seq[0].tolist()
@@ -221,19 +221,21 @@ def _forward(k: SSDChunks, initial_states, keep: bool):
             pass_fwd(St, b.dec4, dest, carry, ca - c0, cb - c0, hoff)
             if k.last[cb - 1]:
                 k.state_slot(finals, cb - 1).copy_(carry)
-        # inter-chunk (token layout): exp(s_i) C_i H_c, per group (Q, N) x (N, R*P)
+        # inter-chunk (token layout): Z = C_i H_c, per group (Q, N) x (N, R*P)
         Hb = dest[:, :, hoff:hoff + c1 - c0]
-        yb = stack_groups([torch.bmm(b.group(b.Cq, g), b.state_mats(Hb, g)) for g in range(G)], 2)
-        yb = yb.view(S, c1 - c0, Q, H, P).mul_(b.e[..., None])
-        yb += y_intra.permute(0, 1, 3, 2, 4)
+        Z = stack_groups([torch.bmm(b.group(b.Cq, g), b.state_mats(Hb, g)) for g in range(G)], 2)
+        Z = Z.view(S, c1 - c0, Q, H, P)
         if k.D is not None and Dd is None:
-            yb.addcmul_(b.xq, k.D)
-        if b.zq is None:
-            y[:, c0:c1] = yb
-        else:                                                                       # the gate, while the block is in cache
-            if ypre is not None:
-                ypre[:, c0:c1] = yb
-            torch.mul(yb, torch.nn.functional.silu(b.zq), out=y[:, c0:c1])
+            y_intra.addcmul_(b.xq.permute(0, 1, 3, 2, 4), k.D[:, None, :])
+        # y_pre = exp(s_i) Z + Y_intra, y = y_pre silu(z): one pass into y (cpu_output.py), or torch
+        if not cpu_output.block_output(Z, b.e, y_intra, k.zq, y, ypre, c0):
+            yb = Z.mul_(b.e[..., None]).add_(y_intra.permute(0, 1, 3, 2, 4))
+            if b.zq is None:
+                y[:, c0:c1] = yb
+            else:
+                if ypre is not None:
+                    ypre[:, c0:c1] = yb
+                torch.mul(yb, torch.nn.functional.silu(b.zq), out=y[:, c0:c1])
     y = lay.unpack(y.view(S, Cs * Q, H, P))                                         # (b, L, H, P)
     ypre = None if ypre is None else lay.unpack(ypre.view(S, Cs * Q, H, P))
     return y, k.state_untransposed(finals), Hts, ypre

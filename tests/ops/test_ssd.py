@@ -106,14 +106,15 @@ BLOCK_CASES = [
 
 
 def _loops(kind, monkeypatch):
-    """Chunk-state passing and the intra-chunk decay masks through their fused C loops (skipped without
-    a compiler) or their torch fallbacks."""
-    from parazoo.ops.ssd import cpu_decay, cpu_passing
+    """Chunk-state passing, the intra-chunk matrices and the block outputs through their fused C loops
+    (skipped without a compiler) or their torch fallbacks."""
+    from parazoo.ops.ssd import cpu_decay, cpu_output, cpu_passing
 
     if kind == "torch":
         monkeypatch.setattr(cpu_passing, "_lib", lambda t: None)
         monkeypatch.setattr(cpu_decay, "decay_mask", lambda *args: None)
-    elif cpu_passing.KERNEL.load() is None or cpu_decay.KERNEL.load() is None:
+        monkeypatch.setattr(cpu_output, "block_output", lambda *args: False)
+    elif any(m.KERNEL.load() is None for m in (cpu_passing, cpu_decay, cpu_output)):
         pytest.skip("no C compiler: the fused loops are unavailable")
 
 
@@ -189,15 +190,17 @@ def test_decay_mask_kernel_matches_definition(Q, G, R, dtype):
         torch.testing.assert_close(got, want, rtol=rtol, atol=0)
 
 
+@pytest.mark.parametrize("loops", ["c", "torch"])
 @pytest.mark.parametrize("block_elems", [1, 10 ** 6])
 @pytest.mark.parametrize("packed", [False, True])
-def test_cpu_no_grad_forward_equals_grad_forward(packed, block_elems, monkeypatch):
+def test_cpu_no_grad_forward_equals_grad_forward(packed, block_elems, loops, monkeypatch):
     """Without a backward to follow, the CPU path keeps no per-chunk states (each block's own buffer)
     and no ungated y: the outputs must be bitwise those of the forward that keeps them, over one chunk
     per block and over one block, with packed sequences that start and end inside blocks."""
     from parazoo.ops.ssd import cpu
 
     monkeypatch.setattr(cpu, "BLOCK_ELEMS", block_elems)
+    _loops(loops, monkeypatch)
     if packed:
         lens = [8, 0, 21, 1, 12]
         cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)

@@ -1,0 +1,82 @@
+"""SSD output of one block of chunks on CPU as one fused C loop (ops/_cpu_jit), with None returned
+where the caller keeps its torch path (no compiler, CUDA tensors, other dtypes).
+
+Per token t of a chunk, head h and channel p (cpu.py; Z = C H_c' the inter-chunk matmul in token
+layout, Y_intra the intra-chunk matmul in head-major layout, e_t = exp(s_t)):
+
+    y_pre = e_t Z_thp + Y_intra_htp,    y = y_pre silu(z_thp)  (y = y_pre without z)
+
+One pass replaces five in torch (scale, transposed add, silu, product, copy into y): the block's
+products are still in cache and y, y_pre go straight to their place in the full outputs. float32
+uses the vectorised exp of ``_cpu_math``, float64 libm's exp.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._cpu_jit import CKernel, I64, PTR, ptr
+from .._cpu_math import EXP_F32_SOURCE
+
+__all__ = ["block_output"]
+
+_C_SOURCE = EXP_F32_SOURCE + r"""
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+/* Z: (S, K, Q, H, P) and e: (S, K, Q, H) contiguous; Yh: (S, K, H, Q, P) contiguous; z, y, ypre: chunk k of
+   row s at (s * ss + k) * Q * H * P (ss: chunks per row of the full tensors); z, ypre may be NULL */
+#define DEF_OUT(TY, SUF, EXP)                                                                     \
+void ssd_out_##SUF(const TY* Z, const TY* e, const TY* Yh, const TY* z, TY* y, TY* ypre, int64_t S,  \
+                   int64_t K, int64_t ss, int64_t Q, int64_t H, int64_t P, int64_t nthreads) {    \
+    _Pragma("omp parallel for collapse(2) schedule(static) num_threads(nthreads) if (S * K * Q * H * P > 65536)") \
+    for (int64_t sk = 0; sk < S * K; ++sk)                                                        \
+        for (int64_t q = 0; q < Q; ++q) {                                                         \
+            const int64_t s = sk / K, k = sk % K;                                                 \
+            const int64_t full = ((s * ss + k) * Q + q) * H * P;       /* token (s, k, q) in y */ \
+            for (int64_t h = 0; h < H; ++h) {                                                     \
+                const TY eh = e[(sk * Q + q) * H + h];                                            \
+                const TY* zr = Z + ((sk * Q + q) * H + h) * P;                                    \
+                const TY* ir = Yh + ((sk * H + h) * Q + q) * P;                                   \
+                const TY* gr = z ? z + full + h * P : 0;                                          \
+                TY* yr = y + full + h * P;                                                        \
+                TY* pr = ypre ? ypre + full + h * P : 0;                                          \
+                _Pragma("omp simd")                                                               \
+                for (int64_t p = 0; p < P; ++p) {                                                 \
+                    TY v = eh * zr[p] + ir[p];                                                    \
+                    if (pr) pr[p] = v;                                                            \
+                    if (gr) { const TY g = gr[p]; v *= g / ((TY)1 + EXP(-g)); }                   \
+                    yr[p] = v;                                                                    \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+}
+DEF_OUT(float, f32, cpu_exp_f32)
+DEF_OUT(double, f64, exp)
+"""
+
+_ARGS = [PTR] * 6 + [I64] * 7
+KERNEL = CKernel("ssd_output", _C_SOURCE, {"ssd_out_f32": _ARGS, "ssd_out_f64": _ARGS})
+
+
+def block_output(Z: torch.Tensor, e: torch.Tensor, Yh: torch.Tensor, z: torch.Tensor | None, y: torch.Tensor,
+                 ypre: torch.Tensor | None, c0: int) -> bool:
+    """Z: (S, K, Q, H, P), e: (S, K, Q, H), Yh: (S, K, H, Q, P), all contiguous; z, y, ypre: the full
+    (S, Cs, Q, H, P) tensors (contiguous; z, ypre optional), written at chunks c0 .. c0 + K - 1.
+    Returns False where the fused loop does not apply (the caller's torch path runs)."""
+    if Z.device.type != "cpu" or Z.dtype not in (torch.float32, torch.float64):
+        return False
+    lib = KERNEL.load()
+    if lib is None:
+        return False
+    for name, t in (("e", e), ("Yh", Yh), ("z", z), ("y", y), ("ypre", ypre)):
+        if t is not None and (t.dtype != Z.dtype or not t.is_contiguous()):
+            raise ValueError(f"internal: block_output needs {name} contiguous in {Z.dtype}, got {t.dtype}")
+    S, K, Q, H, P = Z.shape
+    Cs = y.shape[1]
+
+    def at(t):                                                                      # chunk c0 of row 0
+        return None if t is None else t.data_ptr() + c0 * Q * H * P * t.element_size()
+
+    fn = lib.ssd_out_f64 if Z.dtype == torch.float64 else lib.ssd_out_f32
+    fn(ptr(Z), ptr(e), ptr(Yh), at(z), at(y), at(ypre), S, K, Cs, Q, H, P, torch.get_num_threads())
+    return True
