@@ -258,9 +258,8 @@ class _SSDChunkedFn(torch.autograd.Function):
         x, dtp, A, B, C, D, z, initial_states, Hts, ypre = ctx.saved_tensors
         dz = None
         if z is not None:                                                           # y = y_pre silu(z)
-            zc = z.to(ypre.dtype)
-            dz = torch.ops.aten.silu_backward(dy * ypre, zc).to(z.dtype)
-            dy = dy * torch.nn.functional.silu(zc)
+            dy, dz = cpu_output.gate_backward(dy, ypre, z)
+            dz = dz.to(z.dtype)
         k = SSDChunks(x, dtp, A, B, C, D, ctx.layout)
         with torch.autocast(x.device.type, enabled=False):
             dx, ddt, dA, dB, dC, dD, dinit = ssd_chunked_backward(k, Hts, dy, dfinal, initial_states is not None)

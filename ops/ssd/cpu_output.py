@@ -7,8 +7,10 @@ layout, Y_intra the intra-chunk matmul in head-major layout, e_t = exp(s_t)):
     y_pre = e_t Z_thp + Y_intra_htp,    y = y_pre silu(z_thp)  (y = y_pre without z)
 
 One pass replaces five in torch (scale, transposed add, silu, product, copy into y): the block's
-products are still in cache and y, y_pre go straight to their place in the full outputs. float32
-uses the vectorised exp of ``_cpu_math``, float64 libm's exp.
+products are still in cache and y, y_pre go straight to their place in the full outputs. The
+backward of the gate is one pass too: d y_pre = dy silu(z), dz = dy y_pre silu'(z) with
+silu'(z) = sigmoid(z) (1 + z (1 - sigmoid(z))) (torch: silu, silu_backward and two products).
+float32 uses the vectorised exp of ``_cpu_math``, float64 libm's exp.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from .._cpu_jit import CKernel, I64, PTR, ptr
 from .._cpu_math import EXP_F32_SOURCE
 
-__all__ = ["block_output"]
+__all__ = ["block_output", "gate_backward"]
 
 _C_SOURCE = EXP_F32_SOURCE + r"""
 #ifdef _OPENMP
@@ -52,10 +54,25 @@ void ssd_out_##SUF(const TY* Z, const TY* e, const TY* Yh, const TY* z, TY* y, T
 }
 DEF_OUT(float, f32, cpu_exp_f32)
 DEF_OUT(double, f64, exp)
+/* dy, ypre, z: (n,) in; dpre, dz: (n,) out (dpre may alias dy) */
+#define DEF_GATE_BWD(TY, SUF, EXP)                                                                \
+void ssd_gate_bwd_##SUF(const TY* dy, const TY* ypre, const TY* z, TY* dpre, TY* dz, int64_t n,  \
+                        int64_t nthreads) {                                                       \
+    _Pragma("omp parallel for simd schedule(static) num_threads(nthreads) if (n > 65536)")      \
+    for (int64_t i = 0; i < n; ++i) {                                                             \
+        const TY g = z[i], sg = (TY)1 / ((TY)1 + EXP(-g)), d = dy[i];                            \
+        dz[i] = d * ypre[i] * sg * ((TY)1 + g * ((TY)1 - sg));                                    \
+        dpre[i] = d * g * sg;                                                                     \
+    }                                                                                             \
+}
+DEF_GATE_BWD(float, f32, cpu_exp_f32)
+DEF_GATE_BWD(double, f64, exp)
 """
 
 _ARGS = [PTR] * 6 + [I64] * 7
-KERNEL = CKernel("ssd_output", _C_SOURCE, {"ssd_out_f32": _ARGS, "ssd_out_f64": _ARGS})
+_GATE_ARGS = [PTR] * 5 + [I64] * 2
+KERNEL = CKernel("ssd_output", _C_SOURCE, {"ssd_out_f32": _ARGS, "ssd_out_f64": _ARGS,
+                                          "ssd_gate_bwd_f32": _GATE_ARGS, "ssd_gate_bwd_f64": _GATE_ARGS})
 
 
 def block_output(Z: torch.Tensor, e: torch.Tensor, Yh: torch.Tensor, z: torch.Tensor | None, y: torch.Tensor,
@@ -80,3 +97,16 @@ def block_output(Z: torch.Tensor, e: torch.Tensor, Yh: torch.Tensor, z: torch.Te
     fn = lib.ssd_out_f64 if Z.dtype == torch.float64 else lib.ssd_out_f32
     fn(ptr(Z), ptr(e), ptr(Yh), at(z), at(y), at(ypre), S, K, Cs, Q, H, P, torch.get_num_threads())
     return True
+
+
+def gate_backward(dy: torch.Tensor, ypre: torch.Tensor, z: torch.Tensor):
+    """y = y_pre silu(z): returns (d y_pre, dz) for the gradient dy of y, all of ypre's shape and dtype
+    (dy and z are converted / made contiguous as needed)."""
+    dy, z = dy.to(ypre.dtype).contiguous(), z.to(ypre.dtype).contiguous()
+    lib = KERNEL.load() if ypre.device.type == "cpu" and ypre.dtype in (torch.float32, torch.float64) else None
+    if lib is None or not ypre.is_contiguous():
+        return dy * torch.nn.functional.silu(z), torch.ops.aten.silu_backward(dy * ypre, z)
+    dpre, dz = torch.empty_like(ypre), torch.empty_like(ypre)
+    fn = lib.ssd_gate_bwd_f64 if ypre.dtype == torch.float64 else lib.ssd_gate_bwd_f32
+    fn(ptr(dy), ptr(ypre), ptr(z), ptr(dpre), ptr(dz), ypre.numel(), torch.get_num_threads())
+    return dpre, dz

@@ -106,14 +106,14 @@ BLOCK_CASES = [
 
 
 def _loops(kind, monkeypatch):
-    """Chunk-state passing, the intra-chunk matrices and the block outputs through their fused C loops
-    (skipped without a compiler) or their torch fallbacks."""
+    """Chunk-state passing, the intra-chunk matrices, the block outputs and the gate's backward through
+    their fused C loops (skipped without a compiler) or their torch fallbacks."""
     from parazoo.ops.ssd import cpu_decay, cpu_output, cpu_passing
 
     if kind == "torch":
         monkeypatch.setattr(cpu_passing, "_lib", lambda t: None)
-        monkeypatch.setattr(cpu_decay, "decay_mask", lambda *args: None)
-        monkeypatch.setattr(cpu_output, "block_output", lambda *args: False)
+        monkeypatch.setattr(cpu_decay.KERNEL, "load", lambda: None)
+        monkeypatch.setattr(cpu_output.KERNEL, "load", lambda: None)
     elif any(m.KERNEL.load() is None for m in (cpu_passing, cpu_decay, cpu_output)):
         pytest.skip("no C compiler: the fused loops are unavailable")
 
