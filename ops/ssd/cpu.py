@@ -10,9 +10,12 @@ sum restarted at every chunk; xdt_j = dt'_j x_j):
     inter:   Y_i += exp(s_i) H_c C_i
     output:  Y_i += D x_i,  Y_i *= silu(z_i)  (the gate applied block by block)
 
-L_ij = exp(s_i - s_j) is formed only for i >= j, in one fused C loop that also multiplies in C B^T
-for the forward (cpu_decay.py; a torch fallback), so no exp of a large positive number appears;
+L_ij = exp(s_i - s_j) is formed only for i >= j, so no exp of a large positive number appears;
 exponents below EXP_FLOOR are floored there (exp of -inf or into denormals is ~10x slower on CPU).
+Fused C loops, each with a torch fallback: the forward's intra-chunk matrix C B^T * L * dt'_j
+(+ D on the diagonal), so that the intra-chunk output is one matmul with x (cpu_decay.py); the state
+passing (cpu_passing.py); the block's output exp(s_i) Z + Y_intra gated by silu(z), and the gate's
+backward (cpu_output.py).
 Layouts (no per-head copies of B and C):
 * intra-chunk: head-major (.., H, Q, Q) masks times (.., H, Q, P) inputs, one batched matmul;
 * states, inter-chunk and their gradients: token layout with the heads in the matmul's column
