@@ -1,4 +1,4 @@
-"""SSD output of one block of chunks on CPU as one fused C loop (ops/_cpu_jit), with None returned
+"""SSD output of one block of chunks on CPU as one fused C loop (ops/_cpu_jit), with False returned
 where the caller keeps its torch path (no compiler, CUDA tensors, other dtypes).
 
 Per token t of a chunk, head h and channel p (cpu.py; Z = C H_c' the inter-chunk matmul in token
