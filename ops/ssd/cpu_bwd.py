@@ -17,13 +17,15 @@ Given dY and the gradient of the final states, with U = B dS_c' and dM = dY Xdt'
              da = reverse cumulative sum of ds within the chunk
 
 Blocks of chunks run in reverse order; a loop over the block's chunks (never over time; one C call, cpu_passing.py) carries the
-state gradient; everything else is the forward's batched matmuls transposed, in the same layouts
-(B and C never expanded per head).
+state gradient; dx, d dt' and dD come out of one C pass per block (cpu_grad.py; torch fallback);
+everything else is the forward's batched matmuls transposed, in the same layouts (B and C never
+expanded per head).
 """
 from __future__ import annotations
 
 import torch
 
+from . import cpu_grad
 from .cpu import ChunkBlock, SSDChunks, stack_groups
 from .cpu_passing import pass_bwd
 
@@ -123,13 +125,15 @@ def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, dfin
         # inputs: Xdt = dt' x; s = cumsum(dt' A); D x
         ds[:, :, -1] += ds_end
         da = ds.flip(2).cumsum(2).flip(2)                                            # (S, K, Q, H)
-        ddt[:, c0:c1] = (dxdt * b.xq).sum(-1).addcmul_(da, k.A)
         dA += (da * b.dtq).sum((0, 1, 2))
-        dxdt.mul_(b.dtq[..., None])
-        if dD is not None:
-            dxdt.addcmul_(dyb, k.D)
-            dD += (dyb * b.xq).sum((0, 1, 2))
-        dx[:, c0:c1] = dxdt
+        # dx, d dt', dD: one pass into dx and ddt (cpu_grad.py), or torch
+        if not cpu_grad.block_input_grads(dxdt, k.xq, dyq, k.dtq, da, k.A, k.D, dx, ddt, dD, c0):
+            ddt[:, c0:c1] = (dxdt * b.xq).sum(-1).addcmul_(da, k.A)
+            dxdt.mul_(b.dtq[..., None])
+            if dD is not None:
+                dxdt.addcmul_(dyb, k.D)
+                dD += (dyb * b.xq).sum((0, 1, 2))
+            dx[:, c0:c1] = dxdt
         dB[:, c0:c1] = stack_groups(dB_parts, 2).view(S, c1 - c0, Q, G, N)
         dC[:, c0:c1] = stack_groups(dC_parts, 2).view(S, c1 - c0, Q, G, N)
     Lp = Cs * Q

@@ -106,15 +106,16 @@ BLOCK_CASES = [
 
 
 def _loops(kind, monkeypatch):
-    """Chunk-state passing, the intra-chunk matrices, the block outputs and the gate's backward through
-    their fused C loops (skipped without a compiler) or their torch fallbacks."""
-    from parazoo.ops.ssd import cpu_decay, cpu_output, cpu_passing
+    """Chunk-state passing, the intra-chunk matrices, the block outputs, the gate's backward and the
+    input gradients through their fused C loops (skipped without a compiler) or their torch fallbacks."""
+    from parazoo.ops.ssd import cpu_decay, cpu_grad, cpu_output, cpu_passing
 
     if kind == "torch":
         monkeypatch.setattr(cpu_passing, "_lib", lambda t: None)
         monkeypatch.setattr(cpu_decay.KERNEL, "load", lambda: None)
         monkeypatch.setattr(cpu_output.KERNEL, "load", lambda: None)
-    elif any(m.KERNEL.load() is None for m in (cpu_passing, cpu_decay, cpu_output)):
+        monkeypatch.setattr(cpu_grad.KERNEL, "load", lambda: None)
+    elif any(m.KERNEL.load() is None for m in (cpu_passing, cpu_decay, cpu_output, cpu_grad)):
         pytest.skip("no C compiler: the fused loops are unavailable")
 
 
