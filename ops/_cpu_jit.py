@@ -140,3 +140,13 @@ class CKernel:
                 self._lib = None
             self._tried = True
         return self._lib
+
+    def load_for(self, *tensors, dtypes=(torch.float32, torch.float64)):
+        """The library when every given tensor (None ones skipped) is a contiguous CPU tensor of one
+        dtype among ``dtypes``; else None, and the caller runs its torch path."""
+        ts = [t for t in tensors if t is not None]
+        if not ts or ts[0].dtype not in dtypes:
+            return None
+        if any(t.device.type != "cpu" or t.dtype != ts[0].dtype or not t.is_contiguous() for t in ts):
+            return None
+        return self.load()

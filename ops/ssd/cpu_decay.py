@@ -69,14 +69,9 @@ def decay_mask(s: torch.Tensor, floor: float, cb: torch.Tensor | None = None, R:
     dims (G = H / R); w: like s; d: (H,); each optional, all contiguous and of s's dtype. Returns the
     (.., H, Q, Q) matrices of the module docstring, or None where the fused loop does not apply (the
     caller's torch path runs)."""
-    if s.device.type != "cpu" or s.dtype not in (torch.float32, torch.float64):
-        return None
-    lib = KERNEL.load()
+    lib = KERNEL.load_for(s, cb, w, d)
     if lib is None:
         return None
-    for name, t in (("cb", cb), ("w", w), ("d", d)):
-        if t is not None and (t.dtype != s.dtype or not t.is_contiguous()):
-            raise ValueError(f"internal: decay_mask needs {name} contiguous in {s.dtype}, got {t.dtype}")
     H, Q = s.shape[-2:]
     out = s.new_empty(*s.shape, Q)
     fn = lib.ssd_decay_f64 if s.dtype == torch.float64 else lib.ssd_decay_f32

@@ -87,12 +87,7 @@ def block_input_grads(dxdt, x, dy, dt, da, A, D, dx, ddt, dD, c0: int) -> bool:
     """dxdt: (S, K, Q, H, P), da: (S, K, Q, H) blocks; x, dy, dx: full (S, Cs, Q, H, P), dt, ddt: full
     (S, Cs, Q, H), read / written at chunks c0 .. c0 + K - 1; A: (H,); D: (H, 1) | (H, P) | None; dD: (H, P)
     accumulator (summed over p when D is (H, 1)). Returns False where the fused loop does not apply."""
-    if dxdt.device.type != "cpu" or dxdt.dtype not in (torch.float32, torch.float64):
-        return False
-    if not all(t.is_contiguous() and t.dtype == dxdt.dtype for t in (dxdt, x, dy, dt, da, A, dx, ddt)
-               if t is not None) or (D is not None and not (D.is_contiguous() and dD.is_contiguous())):
-        return False
-    lib = KERNEL.load()
+    lib = KERNEL.load_for(dxdt, x, dy, dt, da, A, D, dx, ddt, dD)
     if lib is None:
         return False
     S, K, Q, H, P = dxdt.shape

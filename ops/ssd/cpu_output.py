@@ -80,14 +80,9 @@ def block_output(Z: torch.Tensor, e: torch.Tensor, Yh: torch.Tensor, z: torch.Te
     """Z: (S, K, Q, H, P), e: (S, K, Q, H), Yh: (S, K, H, Q, P), all contiguous; z, y, ypre: the full
     (S, Cs, Q, H, P) tensors (contiguous; z, ypre optional), written at chunks c0 .. c0 + K - 1.
     Returns False where the fused loop does not apply (the caller's torch path runs)."""
-    if Z.device.type != "cpu" or Z.dtype not in (torch.float32, torch.float64):
-        return False
-    lib = KERNEL.load()
+    lib = KERNEL.load_for(Z, e, Yh, z, y, ypre)
     if lib is None:
         return False
-    for name, t in (("e", e), ("Yh", Yh), ("z", z), ("y", y), ("ypre", ypre)):
-        if t is not None and (t.dtype != Z.dtype or not t.is_contiguous()):
-            raise ValueError(f"internal: block_output needs {name} contiguous in {Z.dtype}, got {t.dtype}")
     S, K, Q, H, P = Z.shape
     Cs = y.shape[1]
 
@@ -103,8 +98,8 @@ def gate_backward(dy: torch.Tensor, ypre: torch.Tensor, z: torch.Tensor):
     """y = y_pre silu(z): returns (d y_pre, dz) for the gradient dy of y, all of ypre's shape and dtype
     (dy and z are converted / made contiguous as needed)."""
     dy, z = dy.to(ypre.dtype).contiguous(), z.to(ypre.dtype).contiguous()
-    lib = KERNEL.load() if ypre.device.type == "cpu" and ypre.dtype in (torch.float32, torch.float64) else None
-    if lib is None or not ypre.is_contiguous():
+    lib = KERNEL.load_for(ypre, dy, z)
+    if lib is None:
         return dy * torch.nn.functional.silu(z), torch.ops.aten.silu_backward(dy * ypre, z)
     dpre, dz = torch.empty_like(ypre), torch.empty_like(ypre)
     fn = lib.ssd_gate_bwd_f64 if ypre.dtype == torch.float64 else lib.ssd_gate_bwd_f32

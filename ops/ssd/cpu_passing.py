@@ -83,10 +83,6 @@ KERNEL = CKernel("ssd_passing", _C_SOURCE, {
 })
 
 
-def _lib(t: torch.Tensor):
-    return KERNEL.load() if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) else None
-
-
 def _suffix(t: torch.Tensor) -> str:
     return "f64" if t.dtype == torch.float64 else "f32"
 
@@ -95,7 +91,7 @@ def pass_fwd(St, dec, Hts, carry, j0: int, j1: int, hoff: int) -> None:
     """St: (G, S, K, N, R, P) block states; dec: (G, S, K, R); Hts: (G, S, Cs, N, R, P) written at
     chunks hoff + j0 .. hoff + j1 - 1; carry: (G, S, N, R, P), updated in place. All contiguous."""
     G, S, K, N, R, P = St.shape
-    lib = _lib(St)
+    lib = KERNEL.load_for(St, dec, Hts, carry)
     if lib is None:
         d = dec[..., None, :, None]                                                  # (G, S, K, 1, R, 1)
         for j in range(j0, j1):
@@ -110,7 +106,7 @@ def pass_bwd(dec, dHt, dSt, carry, j0: int, j1: int) -> None:
     """dHt: (G, S, K, N, R, P) block gradients of the entering states (the inter-chunk part on entry,
     complete on exit); dSt: same shape, written; dec: (G, S, K, R); carry (G, S, N, R, P) in place."""
     G, S, K, N, R, P = dHt.shape
-    lib = _lib(dHt)
+    lib = KERNEL.load_for(dHt, dec, dSt, carry)
     if lib is None:
         d = dec[..., None, :, None]
         for j in reversed(range(j0, j1)):

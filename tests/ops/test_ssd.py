@@ -111,7 +111,7 @@ def _loops(kind, monkeypatch):
     from parazoo.ops.ssd import cpu_decay, cpu_grad, cpu_output, cpu_passing
 
     if kind == "torch":
-        monkeypatch.setattr(cpu_passing, "_lib", lambda t: None)
+        monkeypatch.setattr(cpu_passing.KERNEL, "load", lambda: None)
         monkeypatch.setattr(cpu_decay.KERNEL, "load", lambda: None)
         monkeypatch.setattr(cpu_output.KERNEL, "load", lambda: None)
         monkeypatch.setattr(cpu_grad.KERNEL, "load", lambda: None)
