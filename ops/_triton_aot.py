@@ -33,6 +33,8 @@ class AotSpec:
 
     signature: argument name -> Triton type ("*fp32", "*bf16", "i32", "fp32", "constexpr", ...).
     constexprs: values of the constexpr arguments. label distinguishes several instantiations.
+    caps: the compute capabilities (80, 90) that launch this instantiation, where the launcher picks
+    tile sizes per target.
     """
 
     module: str
@@ -42,6 +44,7 @@ class AotSpec:
     num_warps: int = 4
     num_stages: int = 3
     label: str = ""
+    caps: tuple = (80, 90)
 
     @property
     def id(self) -> str:
@@ -77,7 +80,7 @@ ptxas_all = [p for p in (os.path.join(_bin, "ptxas-blackwell"), os.path.join(_bi
 out = []
 for s in specs:
     fn = getattr(importlib.import_module(s["module"]), s["name"])
-    for cap in caps:
+    for cap in [c for c in caps if c in s["caps"]]:
         rec = {"id": s["id"], "cap": cap}
         try:
             src = ASTSource(fn, s["signature"], constexprs=s["constexprs"])
@@ -111,8 +114,8 @@ print("@@AOT@@" + json.dumps(out))
 
 def compile_specs(specs: list[AotSpec], caps=(80, 90), timeout: float = 1800,
                   workers: int | None = None) -> list[dict[str, Any]]:
-    """Compile ``specs`` for each compute capability in clean subprocesses (``workers`` of them in
-    parallel, default one per CPU core, at most 4).
+    """Compile ``specs`` for each compute capability in ``caps`` that the spec is for, in clean
+    subprocesses (``workers`` of them in parallel, default one per CPU core, at most 4).
 
     Returns one record per (spec, cap): ok, error, registers, spill_stores, spill_loads, shared.
     """

@@ -167,36 +167,42 @@ def _ssd_chunk_out_fwd(x_ptr, b_ptr, c_ptr, dt_ptr, acum_ptr, hin_ptr, y_ptr, H,
     tl.store(y + i[:, None].to(tl.int64) * H * P + p[None, :], acc, mask=p[None, :] < P)
 
 
-# Representative instantiation: Mamba-2 130M layer (H 24, P 64, N 128, chunk 256), float32.
+# Row tile (positions of a chunk) of the forward's matmul kernels per target. sm_90 builds are clean
+# at 64; on sm_80 (and other pre-Hopper targets, same 255-register limit) 64 spills with tf32x3
+# dots at 8 warps (chunk_out 824 B, chunk_state from the start 16 B), 32 does not.
+ROW_TILE = {90: 64, 80: 32}
+
+
+def row_tile(cap: tuple[int, int]) -> int:
+    """Largest row tile for a device of compute capability ``cap``."""
+    return ROW_TILE[90] if cap >= (9, 0) else ROW_TILE[80]
+
+
+# Representative instantiations: Mamba-2 130M layer (H 24, P 64, N 128, chunk 256), float32, with
+# each target's row tile.
 _P32 = "*fp32"
+_STATE_SIG = {"x_ptr": _P32, "b_ptr": _P32, "dt_ptr": _P32, "acum_ptr": _P32, "out_ptr": _P32,
+              "H": "i32", "G": "i32", "Lp": "i32", "P": "i32", "N": "i32", "Q": "constexpr",
+              "BK": "constexpr", "BP": "constexpr", "BN": "constexpr", "FROM_START": "constexpr",
+              "PREC": "constexpr"}
+_OUT_SIG = {"x_ptr": _P32, "b_ptr": _P32, "c_ptr": _P32, "dt_ptr": _P32, "acum_ptr": _P32,
+            "hin_ptr": _P32, "y_ptr": _P32, "H": "i32", "G": "i32", "Lp": "i32", "P": "i32", "N": "i32",
+            "Q": "constexpr", "BM": "constexpr", "BP": "constexpr", "BN": "constexpr", "PREC": "constexpr"}
 AOT_SPECS = [
     AotSpec(module=__name__, name="_ssd_chunk_cumsum_fwd",
             signature={"dt_ptr": _P32, "A_ptr": _P32, "acum_ptr": _P32, "H": "i32", "Lp": "i32", "Q": "constexpr"},
             constexprs={"Q": 256}),
-    AotSpec(module=__name__, name="_ssd_chunk_state",
-            signature={"x_ptr": _P32, "b_ptr": _P32, "dt_ptr": _P32, "acum_ptr": _P32, "out_ptr": _P32,
-                       "H": "i32", "G": "i32", "Lp": "i32", "P": "i32", "N": "i32", "Q": "constexpr",
-                       "BK": "constexpr", "BP": "constexpr", "BN": "constexpr", "FROM_START": "constexpr",
-                       "PREC": "constexpr"},
-            constexprs={"Q": 256, "BK": 64, "BP": 64, "BN": 32, "FROM_START": False, "PREC": "tf32x3"},
-            num_warps=8, num_stages=2),
-    AotSpec(module=__name__, name="_ssd_chunk_state",
-            signature={"x_ptr": _P32, "b_ptr": _P32, "dt_ptr": _P32, "acum_ptr": _P32, "out_ptr": _P32,
-                       "H": "i32", "G": "i32", "Lp": "i32", "P": "i32", "N": "i32", "Q": "constexpr",
-                       "BK": "constexpr", "BP": "constexpr", "BN": "constexpr", "FROM_START": "constexpr",
-                       "PREC": "constexpr"},
-            constexprs={"Q": 256, "BK": 64, "BP": 64, "BN": 32, "FROM_START": True, "PREC": "tf32x3"},
-            num_warps=8, num_stages=2,
-            label="from_start"),
     AotSpec(module=__name__, name="_ssd_state_pass_fwd",
             signature={"states_ptr": _P32, "acum_ptr": _P32, "init_ptr": _P32, "seq_ptr": "*i32", "hin_ptr": _P32,
                        "final_ptr": _P32, "H": "i32", "Lp": "i32", "PN": "i32", "Q": "constexpr",
                        "BLOCK": "constexpr", "HAS_INIT": "constexpr"},
             constexprs={"Q": 256, "BLOCK": 1024, "HAS_INIT": True}),
-    AotSpec(module=__name__, name="_ssd_chunk_out_fwd",
-            signature={"x_ptr": _P32, "b_ptr": _P32, "c_ptr": _P32, "dt_ptr": _P32, "acum_ptr": _P32,
-                       "hin_ptr": _P32, "y_ptr": _P32, "H": "i32", "G": "i32", "Lp": "i32", "P": "i32", "N": "i32",
-                       "Q": "constexpr", "BM": "constexpr", "BP": "constexpr", "BN": "constexpr", "PREC": "constexpr"},
-            constexprs={"Q": 256, "BM": 64, "BP": 64, "BN": 32, "PREC": "tf32x3"},
-            num_warps=8, num_stages=2),
+    *[spec for cap, bm in ROW_TILE.items() for spec in (
+        *[AotSpec(module=__name__, name="_ssd_chunk_state", signature=_STATE_SIG,
+                  constexprs={"Q": 256, "BK": bm, "BP": 64, "BN": 32, "FROM_START": fs, "PREC": "tf32x3"},
+                  num_warps=8, num_stages=2, label=f"sm{cap}" + (",from_start" if fs else ""), caps=(cap,))
+          for fs in (False, True)],
+        AotSpec(module=__name__, name="_ssd_chunk_out_fwd", signature=_OUT_SIG,
+                constexprs={"Q": 256, "BM": bm, "BP": 64, "BN": 32, "PREC": "tf32x3"},
+                num_warps=8, num_stages=2, label=f"sm{cap}", caps=(cap,)))],
 ]

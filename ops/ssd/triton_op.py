@@ -28,21 +28,27 @@ from .cpu import compute_dtype
 from .layout import make_layout
 from .reference import dt_preprocess
 from .triton_bwd import _ssd_chunk_dbc_bwd, _ssd_chunk_dx_bwd, _ssd_state_pass_bwd
-from .triton_fwd import _ssd_chunk_cumsum_fwd, _ssd_chunk_out_fwd, _ssd_chunk_state, _ssd_state_pass_fwd
+from .triton_fwd import _ssd_chunk_cumsum_fwd, _ssd_chunk_out_fwd, _ssd_chunk_state, _ssd_state_pass_fwd, row_tile
 
 __all__ = ["ssd_scan_triton"]
 
 
-# Largest row tile (positions of a chunk) and state tile (N), chosen so that the sm_90 builds
-# (8 warps, tf32x3 dots) do not spill at the Mamba-2 shape; tests shrink them to run the
-# multi-tile loops on small shapes. The backward's per-chunk kernels (dx, dB / dC) take rows in
-# tiles of at most MAX_BM_BWD (64 spills on sm_80: dx 1260 B); the dB / dC kernel sums over P in
-# slices of MAX_BP_DBC (a 32-wide slice spills on sm_80, all of P in one tile on sm_90 and sm_80).
-# triton_bwd.AOT_SPECS compile the same sizes.
+# Largest row tile (positions of a chunk) and state tile (N), chosen so that the builds (8 warps,
+# tf32x3 dots) do not spill at the Mamba-2 shape: the forward's row tile per target
+# (triton_fwd.row_tile: 64 from sm_90 on, 32 before), at most MAX_BM; tests shrink MAX_BM and
+# MAX_BN to run the multi-tile loops on small shapes. The backward's per-chunk kernels (dx, dB / dC)
+# take rows in tiles of at most MAX_BM_BWD (64 spills on sm_80: dx 1260 B); the dB / dC kernel sums
+# over P in slices of MAX_BP_DBC (a 32-wide slice spills on sm_80, all of P in one tile on sm_90 and
+# sm_80). triton_fwd.AOT_SPECS and triton_bwd.AOT_SPECS compile the same sizes.
 MAX_BM = 64
 MAX_BN = 32
 MAX_BM_BWD = 32
 MAX_BP_DBC = 16
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    """Compute capability of a CUDA device; the interpreter (CPU tensors) takes sm_90's tiles."""
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -60,7 +66,7 @@ class _Plan:
         self.S, self.Cs, self.Lp = self.layout.S, self.layout.Cs, self.layout.Lp
         self.cdt = compute_dtype(x.dtype)
         self.prec = "ieee" if self.cdt == torch.float64 else "tf32x3"
-        self.BM = min(self.Q, MAX_BM)
+        self.BM = min(self.Q, MAX_BM, row_tile(_capability(x.device)))
         self.BP = _pow2(self.P)
         self.BN = min(_pow2(self.N), MAX_BN)
         self.BM_bwd = min(self.BM, MAX_BM_BWD)

@@ -95,9 +95,9 @@ def kernel_table() -> list[dict]:
     from parazoo.ops._triton_aot import collect_specs, compile_specs
 
     specs = collect_specs()
-    return [{"kernel": r["id"], "ok": r["ok"], "registers": r.get("registers"), "spill_stores": r.get("spill_stores"),
-             "spill_loads": r.get("spill_loads"), "shared_bytes": r.get("shared")}
-            for r in compile_specs(specs, caps=(90,))]
+    return [{"kernel": r["id"], "target": f"sm_{r['cap']}", "ok": r["ok"], "registers": r.get("registers"),
+             "spill_stores": r.get("spill_stores"), "spill_loads": r.get("spill_loads"), "shared_bytes": r.get("shared")}
+            for r in compile_specs(specs, caps=(80, 90))]
 
 
 def main(argv=None) -> int:
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--ref-backward", action="store_true", help="also time the reference's backward when it is slow")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--kernels", action="store_true", help="also report ptxas registers/spills (sm_90) per Triton kernel")
+    ap.add_argument("--kernels", action="store_true", help="also report ptxas registers/spills (sm_80, sm_90) per Triton kernel")
     ap.add_argument("--default-malloc", action="store_true",
                     help="CPU: glibc's default trimming (fresh outputs page-fault on every call) instead of keeping freed memory")
     ap.add_argument("--out", default="", help="write results as JSON here")
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     if args.kernels:
         kt = kernel_table()
         print()
-        print(markdown_table(kt, [("kernel", "Triton kernel (sm_90)"), ("registers", "regs/thread"),
+        print(markdown_table(kt, [("kernel", "Triton kernel"), ("target", "target"), ("registers", "regs/thread"),
                                   ("spill_stores", "spill stores (B)"), ("spill_loads", "spill loads (B)"),
                                   ("shared_bytes", "shared (B)")]))
         result["kernels"] = kt

@@ -320,6 +320,27 @@ def test_triton_multi_tile_loops(triton_interpreter, monkeypatch):
                   run("reference", ins, 32, True, dtype=torch.float64), torch.float32)
 
 
+@pytest.mark.parametrize("cap", [(8, 0), (8, 6), (9, 0), (10, 0)])
+def test_triton_tiles_per_target_are_the_compiled_ones(cap, monkeypatch):
+    """The forward's row tile on each target is the one its AOT instantiation compiles (spill-free:
+    tests/test_triton_aot.py); 64 spills on sm_80."""
+    pytest.importorskip("triton")
+    from parazoo.ops.ssd import triton_fwd, triton_op
+
+    monkeypatch.setattr(triton_op, "_capability", lambda device: cap)
+    x = torch.zeros(1, 2048, 24, 64)                                              # Mamba-2 130M: H 24, P 64
+    plan = triton_op._Plan(x, torch.zeros(1, 2048, 1, 128), 256, None)
+    target = 90 if cap >= (9, 0) else 80
+    specs = [s for s in triton_fwd.AOT_SPECS if s.name in ("_ssd_chunk_out_fwd", "_ssd_chunk_state")
+             and target in s.caps]
+    assert len(specs) == 3
+    for spec in specs:
+        c = spec.constexprs
+        assert (c.get("BM", c.get("BK")), c["BP"], c["BN"]) == (plan.BM, plan.BP, plan.BN), spec.id
+        assert (spec.num_warps, spec.num_stages) == (plan.warps, plan.stages), spec.id
+    assert plan.BM == (64 if target == 90 else 32)
+
+
 def test_chunk_size_does_not_change_the_result():
     ins = make_inputs(2, 77, 4, 3, 2, 5, D="H", z=True, init=True)
     base = run("cpu", ins, 8)
