@@ -250,9 +250,12 @@ class _SSDChunkedFn(torch.autograd.Function):
         k = SSDChunks(x, dtp, A, B, C, D, layout, z)
         with torch.autocast(x.device.type, enabled=False):                          # matmuls in the compute dtype
             y, finals, Hts, ypre = _forward(k, initial_states, keep)
-        ctx.save_for_backward(x, dtp, A, B, C, D, z, initial_states, Hts, ypre)
+        y = y.contiguous()
+        # the backward reads y_pre (its ds_i = dY_i . (y_pre_i - D x_i)): without z it is y itself, saved
+        # as an output (as mamba_ssm's chunk scan does): modifying y in place then fails the backward
+        ctx.save_for_backward(x, dtp, A, B, C, D, z, initial_states, Hts, y if ypre is None else ypre)
         ctx.layout = layout
-        return y.contiguous(), finals                                               # compute dtype
+        return y, finals                                                            # compute dtype
 
     @staticmethod
     def backward(ctx, dy, dfinal):
@@ -265,7 +268,7 @@ class _SSDChunkedFn(torch.autograd.Function):
             dz = dz.to(z.dtype)
         k = SSDChunks(x, dtp, A, B, C, D, ctx.layout)
         with torch.autocast(x.device.type, enabled=False):
-            dx, ddt, dA, dB, dC, dD, dinit = ssd_chunked_backward(k, Hts, dy, dfinal, initial_states is not None)
+            dx, ddt, dA, dB, dC, dD, dinit = ssd_chunked_backward(k, Hts, dy, ypre, dfinal, initial_states is not None)
         return (dx.to(x.dtype), ddt.to(dtp.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 None if D is None else (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype), dz,
                 None if dinit is None else dinit.to(initial_states.dtype), None, None)

@@ -7,12 +7,15 @@ Z = C H_c' so that Y_inter = e * Z):
 
 Given dY and the gradient of the final states, with U = B dS_c' and dM = dY Xdt':
 
-    inter:   dZ = e * dY;   dC += dZ H_c;   dH_c = dZ' C (+ passing);   ds_i += sum_p dZ_ip Z_ip
+    inter:   dZ = e * dY;   dC += dZ H_c;   dH_c = dZ' C (+ passing)
     passing: dS_c = dH_{c+1} (or d final at a sequence end);   dH_c += exp(s_end) dS_c;
              ds_end += exp(s_end) <H_c, dS_c>;   d initial state = dH at the sequence's first chunk
     states:  dXdt += w * U;   dB += (w * Xdt) dS_c';   t_j = sum_p U_jp (w Xdt)_jp: ds_j -= t_j, ds_end += sum_j t_j
     intra:   dXdt += (C B' * L)' dY;   T = dM * L;   dCB = sum over the group's heads of T;
-             dC += dCB B;  dB += dCB' C;  T *= CB:  ds_i += sum_j T_ij,  ds_j -= sum_i T_ij
+             dC += dCB B;  dB += dCB' C;  T *= CB:  ds_j -= sum_i T_ij
+    s_i as the later index: the inter term sum_p dZ_ip Z_ip and the intra term sum_j T_ij add up to
+             ds_i += dY_i . (Y_inter_i + Y_intra_i) = dY_i . (y_pre_i - D x_i), from the forward's
+             y_pre: no recomputed C H_c' and no row sums of T
     inputs:  dx = dt' dXdt + D dY;  dD = sum x dY;  d dt' = sum_p x dXdt + A da;  dA = sum dt' da,
              da = reverse cumulative sum of ds within the chunk
 
@@ -34,18 +37,17 @@ __all__ = ["ssd_chunked_backward"]
 
 def _inter_and_passing(b: ChunkBlock, Hb, dyb, dfin_t, carry, dinit_t):
     """Inter-chunk and passing gradients of one block. Hb: (G, S, K, N, R, P) entering states;
-    carry: gradient of the state entering chunk c1 (None at the end). Returns ds (S, K, Q, H),
-    dC parts per group (S*K, Q, N), dSt (G, S, K, N, R, P) = gradients of the states leaving each
-    chunk, ds_end (S, K, H) and the new carry (gradient of the state entering chunk c0)."""
+    carry: gradient of the state entering chunk c1 (None at the end). Returns dC parts per group
+    (S*K, Q, N), dSt (G, S, K, N, R, P) = gradients of the states leaving each chunk, ds_end
+    (S, K, H) and the new carry (gradient of the state entering chunk c0)."""
     k = b.k
     G, R, P, N = k.G, k.R, k.P, k.N
     S, K, Q = dyb.shape[:3]
     dZ = dyb * b.e[..., None]                                                        # (S, K, Q, H, P)
     dHt = Hb.new_empty(G, S, K, N, R * P)
-    ds_parts, dC_parts = [], []
+    dC_parts = []
     for g in range(G):
         Hg, Cg, dZg = b.state_mats(Hb, g), b.group(b.Cq, g), b.group(dZ, g)         # (S*K, N, RP), (S*K, Q, .)
-        ds_parts.append(torch.bmm(Cg, Hg).mul_(dZg).view(S, K, Q, R, P).sum(-1))    # (S, K, Q, R)
         dC_parts.append(torch.bmm(dZg, Hg.transpose(1, 2)))                         # (S*K, Q, N)
         dHt[g] = torch.bmm(Cg.transpose(1, 2), dZg).view(S, K, N, R * P)
     del dZ
@@ -57,21 +59,22 @@ def _inter_and_passing(b: ChunkBlock, Hb, dyb, dfin_t, carry, dinit_t):
         pass_bwd(b.dec4, dHt, dSt, carry, ca - b.c0, cb - b.c0)
         if k.first[ca] and dinit_t is not None:
             k.state_slot(dinit_t, ca).copy_(carry)
-    ds_end = (Hb * dSt).sum((3, 5)).mul_(b.dec[:, :, :, 0, :, 0])                  # (G, S, K, R)
+    ds_end = torch.linalg.vecdot(Hb, dSt).sum(3).mul_(b.dec[:, :, :, 0, :, 0])     # (G, S, K, R)
     ds_end = ds_end.permute(1, 2, 0, 3).reshape(S, K, k.H)
-    ds = torch.cat(ds_parts, -1) if G > 1 else ds_parts[0]                          # (S, K, Q, H)
-    return ds, dC_parts, dSt, ds_end, carry
+    return dC_parts, dSt, ds_end, carry
 
 
-def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, dfinal: torch.Tensor | None,
-                         want_dinit: bool):
+def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, ypre: torch.Tensor,
+                         dfinal: torch.Tensor | None, want_dinit: bool):
     """Hts: (G, S, Cs, N, R, P) states entering each chunk (transposed), from the forward;
-    dy: (b, L, H, P); dfinal: (n_seqs, H, P, N) | None. Returns dx, ddt', dA, dB, dC, dD (H, P) or
-    None, dinit or None, in the compute dtype, shaped like the inputs."""
+    dy: (b, L, H, P) the gradient of y_pre; ypre: (b, L, H, P) the forward's ungated output;
+    dfinal: (n_seqs, H, P, N) | None. Returns dx, ddt', dA, dB, dC, dD (H, P) or None, dinit or
+    None, in the compute dtype, shaped like the inputs."""
     lay = k.layout
     S, Cs, Q = lay.S, lay.Cs, lay.Q
     G, R, P, N, H = k.G, k.R, k.P, k.N, k.H
     dyq = lay.pack(dy.to(k.cdt)).reshape(S, Cs, Q, H, P)                            # (S, Cs, Q, H, P)
+    ypq = lay.pack(ypre.to(k.cdt)).reshape(S, Cs, Q, H, P)
     dx = k.xq.new_empty(S, Cs, Q, H, P)
     ddt = k.xq.new_empty(S, Cs, Q, H)
     dB = k.xq.new_empty(S, Cs, Q, G, N)
@@ -84,7 +87,10 @@ def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, dfin
     for c0, c1 in reversed(k.blocks()):
         b = k.block(c0, c1)
         dyb = dyq[:, c0:c1]
-        ds, dC_parts, dSt, ds_end, carry = _inter_and_passing(b, Hts[:, :, c0:c1], dyb, dfin_t, carry, dinit_t)
+        dC_parts, dSt, ds_end, carry = _inter_and_passing(b, Hts[:, :, c0:c1], dyb, dfin_t, carry, dinit_t)
+        yss = ypq[:, c0:c1] if k.D is None else ypq[:, c0:c1] - b.xq * k.D           # Y_inter + Y_intra
+        ds = torch.linalg.vecdot(dyb, yss)                                          # (S, K, Q, H)
+        del yss
 
         # chunk states: U = B dS', dB += (w Xdt) dS'
         xw = b.xw()                                                                  # (S, K, Q, H, P)
@@ -115,7 +121,7 @@ def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, dfin
         dMg = dM.view(S, c1 - c0, G, R, Q, Q)
         dCB = dMg.sum(3)                                                             # (S, K, G, Q, Q)
         dMg.mul_(CB)
-        ds += (dM.sum(-1) - dM.sum(-2)).transpose(2, 3)
+        ds -= dM.sum(-2).transpose(2, 3)
         del dM, dMg
         for g in range(G):
             dCBg = dCB[:, :, g].reshape(-1, Q, Q)

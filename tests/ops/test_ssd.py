@@ -242,6 +242,21 @@ def test_cpu_backward_one_output_only(use):
         assert_close(got, ref, name=f"d{k}")
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_cpu_backward_detects_y_modified_in_place(packed):
+    """Without z the backward reads the forward's y (y_pre): changing y in place raises (at the
+    in-place op where y is a view of the chunk layout, else in the backward) instead of giving
+    wrong gradients."""
+    ins = make_inputs(1, 40, 2, 3, 1, 4, D="H")
+    cu = torch.tensor([0, 13, 40], dtype=torch.int32) if packed else None
+    leaves = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in ins.items()}
+    y = ssd_scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], 16, D=leaves["D"],
+                 cu_seqlens=cu, backend="cpu")
+    with pytest.raises(RuntimeError, match="inplace"):
+        y.mul_(2)
+        y.sum().backward()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cpu_strong_decay_matches_reference(dtype):
     """Decays strong enough that exp(s_i - s_j) underflows inside a chunk (the CPU path floors those
