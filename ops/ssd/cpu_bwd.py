@@ -22,7 +22,8 @@ Given dY and the gradient of the final states, with U = B dS_c' and dM = dY Xdt'
 Blocks of chunks run in reverse order; a loop over the block's chunks (never over time; one C call, cpu_passing.py) carries the
 state gradient; dx, d dt' and dD come out of one C pass per block (cpu_grad.py; torch fallback);
 everything else is the forward's batched matmuls transposed, in the same layouts (B and C never
-expanded per head).
+expanded per head). The (Q, N) products dC += dZ H_c and dB += (w Xdt) dS_c' contract over R*P: they
+are computed as the transposes of (N, Q) products, a GEMM shape MKL runs ~25% faster here.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _inter_and_passing(b: ChunkBlock, Hb, dyb, dfin_t, carry, dinit_t):
     dC_parts = []
     for g in range(G):
         Hg, Cg, dZg = b.state_mats(Hb, g), b.group(b.Cq, g), b.group(dZ, g)         # (S*K, N, RP), (S*K, Q, .)
-        dC_parts.append(torch.bmm(dZg, Hg.transpose(1, 2)))                         # (S*K, Q, N)
+        dC_parts.append(torch.bmm(Hg, dZg.transpose(1, 2)).transpose(1, 2))         # (S*K, Q, N) = (H dZ')
         dHt[g] = torch.bmm(Cg.transpose(1, 2), dZg).view(S, K, N, R * P)
     del dZ
     dHt = dHt.view(G, S, K, N, R, P)
@@ -98,7 +99,7 @@ def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, ypre
         for g in range(G):
             dSg = b.state_mats(dSt, g)                                               # (S*K, N, RP)
             U_parts.append(torch.bmm(b.group(b.Bq, g), dSg))                        # (S*K, Q, RP)
-            dB_parts.append(torch.bmm(b.group(xw, g), dSg.transpose(1, 2)))         # (S*K, Q, N)
+            dB_parts.append(torch.bmm(dSg, b.group(xw, g).transpose(1, 2)).transpose(1, 2))  # (S*K, Q, N)
         del dSt
         dxdt = stack_groups(U_parts, 2).view(S, c1 - c0, Q, H, P)
         del U_parts
