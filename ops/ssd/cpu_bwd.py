@@ -49,7 +49,7 @@ def _inter_and_passing(b: ChunkBlock, Hb, dyb, dfin_t, carry, dinit_t):
     dC_parts = []
     for g in range(G):
         Hg, Cg, dZg = b.state_mats(Hb, g), b.group(b.Cq, g), b.group(dZ, g)         # (S*K, N, RP), (S*K, Q, .)
-        dC_parts.append(torch.bmm(Hg, dZg.transpose(1, 2)).transpose(1, 2))         # (S*K, Q, N) = (H dZ')
+        dC_parts.append(torch.bmm(Hg, dZg.transpose(1, 2)).transpose(1, 2))         # (S*K, Q, N) = (H dZ')'
         dHt[g] = torch.bmm(Cg.transpose(1, 2), dZg).view(S, K, N, R * P)
     del dZ
     dHt = dHt.view(G, S, K, N, R, P)
