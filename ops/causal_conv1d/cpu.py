@@ -1,4 +1,5 @@
-"""Causal depthwise conv1d fast path in torch: F.conv1d(groups=dim) on left-padded input.
+"""Causal depthwise conv1d CPU path: the fused C loops of ``cpu_loop`` (float32/float64 CPU tensors
+with a C compiler), else torch: F.conv1d(groups=dim) on left-padded input, described here.
 
 Forward: xp = [initial_states or 0 (width-1) | x] per sequence (packed sequences each get their
 own left padding, so none sees its predecessor), o = depthwise_conv(xp, weight) + bias,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import cpu_loop
 from .packing import seq_ids
 
 
@@ -55,6 +57,9 @@ def _conv(xp, weight, bias, ct):
 def causal_conv1d_fwd(x, weight, bias, initial_states, cu_seqlens, activation: str) -> torch.Tensor:
     """x (B, D, L) -> y (B, D, L) in x's dtype; activation "" or "silu"."""
     ct = compute_dtype(x)
+    y = cpu_loop.conv_fwd(x, weight, bias, initial_states, cu_seqlens, activation, ct)
+    if y is not None:
+        return y.to(x.dtype)
     xp, out_pos, _, _ = _padded(x, initial_states, cu_seqlens, weight.shape[1], ct)
     o = _conv(xp, weight, bias, ct)                                # (B, D, Lp - W + 1)
     if out_pos is not None:
@@ -67,6 +72,11 @@ def causal_conv1d_fwd(x, weight, bias, initial_states, cu_seqlens, activation: s
 def causal_conv1d_bwd(dy, x, weight, bias, initial_states, cu_seqlens, activation: str):
     """Returns dx, dweight, dbias (or None), dinitial_states (or None)."""
     ct = compute_dtype(x)
+    fused = cpu_loop.conv_bwd(dy, x, weight, bias, initial_states, cu_seqlens, activation, ct)
+    if fused is not None:
+        dx, dweight, dbias, dinit = fused
+        return (dx.to(x.dtype), dweight.to(weight.dtype), None if dbias is None else dbias.to(bias.dtype),
+                None if dinit is None else dinit.to(initial_states.dtype))
     B, D, L = x.shape
     W = weight.shape[1]
     xp, out_pos, x_pos, init_pos = _padded(x, initial_states, cu_seqlens, W, ct)

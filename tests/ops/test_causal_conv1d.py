@@ -12,10 +12,18 @@ from parazoo.ops.causal_conv1d import causal_conv1d_reference
 from parazoo.ops.testing import assert_close
 
 
-@pytest.fixture(params=["cpu", "triton"])
-def backend(request):
+@pytest.fixture(params=["cpu", "cpu-torch", "triton"])
+def backend(request, monkeypatch):
+    """Backends: "cpu", the fused C loops (skipped without a compiler); "cpu-torch", the cpu backend's
+    F.conv1d path, the fallback without a compiler; "triton": the kernels under the interpreter."""
     if request.param == "triton":
         request.getfixturevalue("triton_interpreter")
+    from parazoo.ops.causal_conv1d import cpu_loop
+    if request.param == "cpu-torch":
+        monkeypatch.setattr(cpu_loop.KERNEL, "load", lambda: None)
+        return "cpu"
+    if request.param == "cpu" and cpu_loop.KERNEL.load() is None:
+        pytest.skip("no C compiler: the fused loops are unavailable")
     return request.param
 
 
