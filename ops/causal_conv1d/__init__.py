@@ -14,7 +14,8 @@ the last S inputs (rolled left by the number of new inputs, which go at the end)
 the matching steps of causal_conv1d. It is a decode/inference op: conv_state is a buffer
 updated in place, never differentiated.
 
-Paths: ``reference.py`` (direct sum), ``cpu.py`` (F.conv1d, explicit backward),
+Paths: ``reference.py`` (direct sum), ``cpu.py`` (the fused C loops of ``cpu_loop.py``, else
+F.conv1d with an explicit backward),
 ``triton_causal_conv1d.py`` (forward, backward and update kernels), ``upstream.py`` (the
 causal_conv1d CUDA package when installed and the tensors are on CUDA).
 """

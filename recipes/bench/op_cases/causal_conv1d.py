@@ -1,6 +1,6 @@
 """Benchmark cases of causal_conv1d: the Mamba-130M layer shape (d_inner 1536, d_conv 4, bias,
 SiLU), batch 1, L 2048 (quick mode: L 256), plus one decode step with causal_conv1d_update.
-Goal: the F.conv1d CPU path at memory speed (a small multiple of one copy of x and y) and far
+Goal: the CPU path (fused C loops) at memory speed (a small multiple of one copy of x and y) and far
 ahead of the direct-sum reference; Triton comparable to causal_conv1d's CUDA kernel on GPU.
 """
 from __future__ import annotations
