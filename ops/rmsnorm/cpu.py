@@ -1,4 +1,5 @@
-"""RMSNorm fast path in torch (CPU, and any device): forward saving 1/rms, explicit backward.
+"""RMSNorm CPU path: the fused C loops of ``cpu_loop`` (float32/float64 CPU tensors with a C
+compiler), else torch (any device): forward saving 1/rms, explicit backward, described here.
 
 Forward (per group of N channels, rows flattened to (M, G, N)):
     u = x                      (or x * silu(z) when the gate comes before the norm)
@@ -16,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import cpu_loop
+
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -28,6 +31,9 @@ def _groups(t: torch.Tensor, n: int, ct: torch.dtype) -> torch.Tensor:
 def rms_norm_fwd(x, weight, z, eps: float, norm_before_gate: bool, group_size: int):
     """Returns y (like x) and rstd (M, G) in the compute dtype."""
     ct = compute_dtype(x)
+    fused = cpu_loop.norm_fwd(x, weight, z, eps, norm_before_gate, group_size, ct)
+    if fused is not None:
+        return fused[0].reshape(x.shape).to(x.dtype), fused[1]
     u = _groups(x, group_size, ct)
     gate = None
     if z is not None:
@@ -47,6 +53,11 @@ def rms_norm_fwd(x, weight, z, eps: float, norm_before_gate: bool, group_size: i
 def rms_norm_bwd(dy, x, weight, z, rstd, norm_before_gate: bool, group_size: int):
     """Returns dx, dweight (or None), dz (or None)."""
     ct = compute_dtype(x)
+    fused = cpu_loop.norm_bwd(dy, x, weight, z, rstd, norm_before_gate, group_size, ct)
+    if fused is not None:
+        dx, dweight, dz = fused
+        return (dx.reshape(x.shape).to(x.dtype), None if dweight is None else dweight.to(weight.dtype),
+                None if dz is None else dz.reshape(z.shape).to(z.dtype))
     u = _groups(x, group_size, ct)
     g = _groups(dy, group_size, ct)
     r = rstd.unsqueeze(-1)                                        # (M, G, 1)
