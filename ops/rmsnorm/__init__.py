@@ -6,8 +6,9 @@
     group_size: the mean runs over groups of group_size channels (Mamba-2 ngroups); default D.
 
 x, z: (..., D); weight: (D,) or None. Statistics in float32 (float64 for float64 input); y has
-x's dtype. Paths: ``reference.py`` (the formula, autograd), ``cpu.py`` (torch, explicit
-backward), ``triton_rmsnorm.py`` (forward and backward kernels). The fast paths are registered
+x's dtype. Paths: ``reference.py`` (the formula, autograd), ``cpu.py`` (the fused C loops of
+``cpu_loop.py``, else torch with an explicit backward), ``triton_rmsnorm.py`` (forward and backward
+kernels). The fast paths are registered
 as ``torch.library`` custom ops ``parazoo::rms_norm`` / ``parazoo::rms_norm_bwd``.
 """
 from __future__ import annotations
