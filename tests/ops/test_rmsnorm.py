@@ -11,19 +11,28 @@ FAST = ["cpu", "cpu-torch", "triton"]
 GATES = [None, True, False]  # None: no z; True/False: norm_before_gate
 
 
-@pytest.fixture(params=FAST)
-def backend(request, monkeypatch):
+def _select(name, request, monkeypatch):
     """Backends: "cpu", the fused C loops (skipped without a compiler); "cpu-torch", the cpu
     backend's torch path, the fallback without a compiler; "triton": the kernels under the interpreter."""
-    if request.param == "triton":
+    if name == "triton":
         request.getfixturevalue("triton_interpreter")
     from parazoo.ops.rmsnorm import cpu_loop
-    if request.param == "cpu-torch":
+    if name == "cpu-torch":
         monkeypatch.setattr(cpu_loop.KERNEL, "load", lambda: None)
         return "cpu"
-    if request.param == "cpu" and cpu_loop.KERNEL.load() is None:
+    if name == "cpu" and cpu_loop.KERNEL.load() is None:
         pytest.skip("no C compiler: the fused loops are unavailable")
-    return request.param
+    return name
+
+
+@pytest.fixture(params=FAST)
+def backend(request, monkeypatch):
+    return _select(request.param, request, monkeypatch)
+
+
+@pytest.fixture(params=["cpu", "cpu-torch"])
+def cpu_backend(request, monkeypatch):
+    return _select(request.param, request, monkeypatch)
 
 
 def _inputs(shape, dtype, affine, gate, seed=0):
@@ -83,13 +92,11 @@ def test_leading_shapes(backend, shape):
 
 
 @pytest.mark.parametrize("gate", GATES, ids=["nogate", "norm_then_gate", "gate_then_norm"])
-def test_many_rows_threads_split_rows(backend, gate):
+def test_many_rows_threads_split_rows(cpu_backend, gate):
     """Enough rows (600 x 128) for the fused loops to split them across threads; dweight sums the
     threads' partial sums."""
-    if backend == "triton":
-        pytest.skip("CPU threading only")
     inputs = _inputs((600, 128), torch.float32, True, gate)
-    got = _run(inputs, backend, gate, 32)
+    got = _run(inputs, cpu_backend, gate, 32)
     want = _run(inputs, "ref", gate, 32, cast=torch.float64)
     for name, a, e in zip(["y", "dx", "dweight", "dz"], got, want):
         assert_close(a, e, name=name)
