@@ -203,6 +203,22 @@ void exp_f32(const float* x, float* y, int64_t n) {
     assert y[-1].isnan()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_transpose_copy(dtype):
+    """``_cpu_transpose.transpose_copy`` equals t.transpose(1, 2).contiguous(): a slice of a wider
+    tensor (row stride > width), sizes off the 32-tile grid, a transposed source, bf16 (torch path)."""
+    from parazoo.ops._cpu_transpose import transpose_copy
+
+    wide = torch.randn(3, 70, 131).to(dtype)
+    for t in (wide[:, :, 5:100], wide[:, 3:67, :], wide.transpose(1, 2), torch.randn(2, 1, 1).to(dtype)):
+        out = transpose_copy(t)
+        assert out.is_contiguous() and torch.equal(out, t.transpose(1, 2).contiguous())
+    big = torch.randn(2, 300, 400).to(dtype)                      # enough for the threaded loop
+    assert torch.equal(transpose_copy(big), big.transpose(1, 2).contiguous())
+    with pytest.raises(ValueError, match="3 dimensions"):
+        transpose_copy(torch.ones(2, 3))
+
+
 def test_ptr_rejects_non_contiguous():
     assert _cpu_jit.ptr(None) is None
     with pytest.raises(ValueError, match="contiguous"):
