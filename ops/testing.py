@@ -1,4 +1,5 @@
-"""Test utilities shared by every op and mixer test: dtype-aware comparison against references.
+"""Test utilities shared by every op and mixer test: dtype-aware comparison against references, and
+the choice between an op's fused C loops and its pure-torch fallback.
 
 Tolerances are stated per dtype, once, here. A kernel that needs looser numbers than these has a
 bug to find, not a tolerance to raise.
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TOLERANCES", "assert_close", "assert_grads_match", "rel_rms_error", "run_in_chunks"]
+__all__ = ["TOLERANCES", "assert_close", "assert_grads_match", "rel_rms_error", "run_in_chunks", "use_cpu_path"]
 
 # (rtol, atol) for comparing a fast path with a float64/float32 reference computed on the same
 # inputs. float32 matches mamba_ssm's tests of its kernels vs the sequential reference.
@@ -73,3 +74,16 @@ def assert_grads_match(module, reference_fn, state_dict: dict, x: torch.Tensor) 
     assert_close(x1.grad, x2.grad, name="d input")
     for n, p in module.named_parameters():
         assert_close(p.grad, params[n].grad, name=f"d {n}")
+
+
+def use_cpu_path(kind: str, monkeypatch, *kernels) -> None:
+    """Select a CPU op's path for one pytest test: "torch" makes each given ``CKernel``'s ``load()``
+    return None (the pure-torch fallback, what a machine without a C compiler runs); any other kind
+    keeps the fused C loops and skips the test where they do not compile."""
+    import pytest
+
+    if kind == "torch":
+        for k in kernels:
+            monkeypatch.setattr(k, "load", lambda: None)
+    elif any(k.load() is None for k in kernels):
+        pytest.skip("no C compiler: the fused loops are unavailable")

@@ -5,7 +5,7 @@ import torch
 from parazoo.ops import block_scan
 from parazoo.ops.block_scan import block_scan_ref
 from parazoo.ops.block_scan import cpu as bs_cpu
-from parazoo.ops.testing import assert_close
+from parazoo.ops.testing import assert_close, use_cpu_path
 
 BACKENDS = ["cpu", "cpu_fallback", "triton"]
 
@@ -14,12 +14,11 @@ BACKENDS = ["cpu", "cpu_fallback", "triton"]
 def backend(request, monkeypatch):
     """'cpu_fallback' = the cpu backend with the C kernel unavailable (pure-torch chunked path)."""
     name = request.param
-    if name == "cpu_fallback":
-        monkeypatch.setattr(bs_cpu.KERNEL, "load", lambda: None)
-        return "cpu"
     if name == "triton":
         request.getfixturevalue("triton_interpreter")
-    return name
+        return name
+    use_cpu_path("torch" if name == "cpu_fallback" else "c", monkeypatch, bs_cpu.KERNEL)
+    return "cpu"
 
 
 def make(B, T, K, chan=(3,), dtype=torch.float64, h0=True):

@@ -9,22 +9,19 @@ import torch
 
 from parazoo.ops import causal_conv1d, causal_conv1d_update
 from parazoo.ops.causal_conv1d import causal_conv1d_reference
-from parazoo.ops.testing import assert_close
+from parazoo.ops.testing import assert_close, use_cpu_path
 
 
-@pytest.fixture(params=["cpu", "cpu-torch", "triton"])
+@pytest.fixture(params=["cpu", "cpu_torch", "triton"])
 def backend(request, monkeypatch):
-    """Backends: "cpu", the fused C loops (skipped without a compiler); "cpu-torch", the cpu backend's
+    """Backends: "cpu", the fused C loops (skipped without a compiler); "cpu_torch", the cpu backend's
     F.conv1d path, the fallback without a compiler; "triton": the kernels under the interpreter."""
     if request.param == "triton":
         request.getfixturevalue("triton_interpreter")
+        return "triton"
     from parazoo.ops.causal_conv1d import cpu_loop
-    if request.param == "cpu-torch":
-        monkeypatch.setattr(cpu_loop.KERNEL, "load", lambda: None)
-        return "cpu"
-    if request.param == "cpu" and cpu_loop.KERNEL.load() is None:
-        pytest.skip("no C compiler: the fused loops are unavailable")
-    return request.param
+    use_cpu_path("torch" if request.param == "cpu_torch" else "c", monkeypatch, cpu_loop.KERNEL)
+    return "cpu"
 
 
 def _gen(seed):

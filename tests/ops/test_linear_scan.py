@@ -5,7 +5,7 @@ import torch
 from parazoo.ops import linear_scan
 from parazoo.ops.linear_scan import cpu as ls_cpu
 from parazoo.ops.linear_scan import linear_scan_ref
-from parazoo.ops.testing import assert_close
+from parazoo.ops.testing import assert_close, use_cpu_path
 
 BACKENDS = ["cpu", "cpu_fallback", "triton"]
 
@@ -14,12 +14,11 @@ BACKENDS = ["cpu", "cpu_fallback", "triton"]
 def backend(request, monkeypatch):
     """'cpu_fallback' = the cpu backend with the C kernel unavailable (pure-torch chunked path)."""
     name = request.param
-    if name == "cpu_fallback":
-        monkeypatch.setattr(ls_cpu.KERNEL, "load", lambda: None)
-        return "cpu"
     if name == "triton":
         request.getfixturevalue("triton_interpreter")
-    return name
+        return name
+    use_cpu_path("torch" if name == "cpu_fallback" else "c", monkeypatch, ls_cpu.KERNEL)
+    return "cpu"
 
 
 def make(B, T, chan=(3,), dtype=torch.float32, h0=True, n_h0=None):

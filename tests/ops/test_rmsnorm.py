@@ -5,24 +5,21 @@ import torch
 
 from parazoo.ops import rms_norm
 from parazoo.ops.rmsnorm import rms_norm_reference
-from parazoo.ops.testing import assert_close
+from parazoo.ops.testing import assert_close, use_cpu_path
 
-FAST = ["cpu", "cpu-torch", "triton"]
+FAST = ["cpu", "cpu_torch", "triton"]
 GATES = [None, True, False]  # None: no z; True/False: norm_before_gate
 
 
 def _select(name, request, monkeypatch):
-    """Backends: "cpu", the fused C loops (skipped without a compiler); "cpu-torch", the cpu
+    """Backends: "cpu", the fused C loops (skipped without a compiler); "cpu_torch", the cpu
     backend's torch path, the fallback without a compiler; "triton": the kernels under the interpreter."""
     if name == "triton":
         request.getfixturevalue("triton_interpreter")
+        return "triton"
     from parazoo.ops.rmsnorm import cpu_loop
-    if name == "cpu-torch":
-        monkeypatch.setattr(cpu_loop.KERNEL, "load", lambda: None)
-        return "cpu"
-    if name == "cpu" and cpu_loop.KERNEL.load() is None:
-        pytest.skip("no C compiler: the fused loops are unavailable")
-    return name
+    use_cpu_path("torch" if name == "cpu_torch" else "c", monkeypatch, cpu_loop.KERNEL)
+    return "cpu"
 
 
 @pytest.fixture(params=FAST)
@@ -30,7 +27,7 @@ def backend(request, monkeypatch):
     return _select(request.param, request, monkeypatch)
 
 
-@pytest.fixture(params=["cpu", "cpu-torch"])
+@pytest.fixture(params=["cpu", "cpu_torch"])
 def cpu_backend(request, monkeypatch):
     return _select(request.param, request, monkeypatch)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from parazoo.ops import selective_scan, selective_state_update
 from parazoo.ops.selective_scan import cpu, cpu_block_kernel, cpu_kernel, selective_scan_reference
-from parazoo.ops.testing import assert_close
+from parazoo.ops.testing import assert_close, use_cpu_path
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -21,11 +21,7 @@ def _use_path(name, request, monkeypatch):
     if name == "triton":
         request.getfixturevalue("triton_interpreter")
         return "triton"
-    if name == "cpu_torch":
-        monkeypatch.setattr(cpu_kernel.LIB, "load", lambda: None)
-        monkeypatch.setattr(cpu_block_kernel.BLK_LIB, "load", lambda: None)
-    elif cpu_kernel.LIB.load() is None:
-        pytest.skip("no C compiler here: the cpu backend is the pure-torch path (tested as cpu_torch)")
+    use_cpu_path("torch" if name == "cpu_torch" else "c", monkeypatch, cpu_kernel.LIB, cpu_block_kernel.BLK_LIB)
     return "cpu"
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from parazoo.ops import ssd_scan
-from parazoo.ops.testing import assert_close
+from parazoo.ops.testing import assert_close, use_cpu_path
 
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
@@ -110,13 +110,7 @@ def _loops(kind, monkeypatch):
     input gradients through their fused C loops (skipped without a compiler) or their torch fallbacks."""
     from parazoo.ops.ssd import cpu_decay, cpu_grad, cpu_output, cpu_passing
 
-    if kind == "torch":
-        monkeypatch.setattr(cpu_passing.KERNEL, "load", lambda: None)
-        monkeypatch.setattr(cpu_decay.KERNEL, "load", lambda: None)
-        monkeypatch.setattr(cpu_output.KERNEL, "load", lambda: None)
-        monkeypatch.setattr(cpu_grad.KERNEL, "load", lambda: None)
-    elif any(m.KERNEL.load() is None for m in (cpu_passing, cpu_decay, cpu_output, cpu_grad)):
-        pytest.skip("no C compiler: the fused loops are unavailable")
+    use_cpu_path(kind, monkeypatch, *(m.KERNEL for m in (cpu_passing, cpu_decay, cpu_output, cpu_grad)))
 
 
 @pytest.mark.parametrize("loops", ["c", "torch"])
