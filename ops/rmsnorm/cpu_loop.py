@@ -144,7 +144,7 @@ def _rows(t: torch.Tensor | None, ct: torch.dtype) -> torch.Tensor | None:
 
 def norm_fwd(x, weight, z, eps: float, norm_before_gate: bool, group_size: int, ct):
     """(y (M, D), rstd (M, D // group_size)) in ``ct``, or None where the fused loop does not apply."""
-    if x.device.type != "cpu" or ct not in (torch.float32, torch.float64):
+    if x.device.type != "cpu" or ct not in (torch.float32, torch.float64) or KERNEL.load() is None:
         return None
     xr, zr = _rows(x, ct), _rows(z, ct)
     w = None if weight is None else weight.to(ct).contiguous()
@@ -163,7 +163,7 @@ def norm_fwd(x, weight, z, eps: float, norm_before_gate: bool, group_size: int, 
 def norm_bwd(dy, x, weight, z, rstd, norm_before_gate: bool, group_size: int, ct):
     """(dx (M, D), dweight (D,) or None, dz (M, D) or None) in ``ct``, or None where the fused loop
     does not apply."""
-    if x.device.type != "cpu" or ct not in (torch.float32, torch.float64):
+    if x.device.type != "cpu" or ct not in (torch.float32, torch.float64) or KERNEL.load() is None:
         return None
     xr, gr, zr = _rows(x, ct), _rows(dy, ct), _rows(z, ct)
     w = None if weight is None else weight.to(ct).contiguous()
