@@ -100,6 +100,8 @@ BIG_CASES = {
     # float32 runs the channel-blocked C kernels here (16 channels of one group per vector)
     "T70_N16_blocked_groups_differ": (2, 32, 70, 16, 2, 1, True, True, True, True),
     "T5_N16_blocked_plain": (1, 16, 5, 16, None, None, False, False, False, False),
+    # L a multiple of 16 over several chunks: the backward streams du, ddelta, dz out (non-temporal stores)
+    "T192_N16_blocked_streamed": (2, 32, 192, 16, 1, 1, True, True, True, True),
     "T257_N16_groups_differ": pytest.param((2, 6, 257, 16, 3, 1, True, True, False, True), marks=pytest.mark.slow),
 }
 
@@ -156,7 +158,7 @@ def test_blocked_cases_run_the_blocked_kernel():
     fallback to the row kernels would leave them untested)."""
     if cpu_block_kernel.BLK_LIB.load() is None:
         pytest.skip("the channel-blocked kernels do not compile here (gcc < 12?)")
-    for name in ("T70_N16_blocked_groups_differ", "T5_N16_blocked_plain"):
+    for name in ("T70_N16_blocked_groups_differ", "T5_N16_blocked_plain", "T192_N16_blocked_streamed"):
         assert _uses_blocked_kernel(BIG_CASES[name], torch.float32), name
         assert not _uses_blocked_kernel(BIG_CASES[name], torch.float64), name
     assert not _uses_blocked_kernel(BIG_CASES["T63_N16_grouped"], torch.float32)
