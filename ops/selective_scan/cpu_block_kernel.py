@@ -27,10 +27,11 @@ lane-wise (one vertical FMA per n) into per-chunk buffers shared by the PB block
 the lanes by a transpose-and-add tree of 15 two-vector shuffles once per chunk step for the PB
 blocks together (before: once per block and step, 40% of the reverse pass). Whatever needs no g
 (dC_t, ypre_t = C_t . h_t + D u_t, dz_t) is done in the recompute pass, where h_t is at hand; the
-reverse pass keeps only what needs g. (Timed by deleting pieces, 2 threads: reverse pass 20% of the
-backward, recompute 28%, pointwise pass 11%, transposes out 7%, lane sums 4%, memory traffic ~4%;
-README, Benchmarks.) dout is read with its strides (channel-last when it is the gradient of
-y.transpose(1, 2); an expanded scalar).
+reverse pass keeps only what needs g. (Sampled profile of the backward, 1 thread, b1 d1536 L2048:
+recompute pass 40% (its exps 24%), reverse pass 21%, pointwise pass 12%, transposes out 9% and in 8%,
+lane sums 5%; README, Benchmarks.) dout is read with its strides (channel-last when it is the
+gradient of y.transpose(1, 2); an expanded scalar). du, ddelta, dz and the forward's checkpoints go
+out with non-temporal stores (see tile_out).
 
 Used when the compiler has ``__builtin_shufflevector`` (gcc >= 12, clang), the dtype is float32,
 N = 16 and dim // G is a multiple of 16 for B and C; otherwise ``cpu_kernel``'s row kernels run.
@@ -148,8 +149,9 @@ static inline void tile_in_strided(const float* X, int64_t sd, int64_t sl, int64
 /* stream = 1: the 16-step blocks go out with non-temporal stores when every row segment is a whole aligned cache
    line. The backward's du, ddelta, dz rows lie L floats apart; for L a multiple of 1024 all 16 rows of a step fall
    into one L1 set, so their lines (fetched for ownership a chunk ahead) are evicted again before the stores reach
-   them: plain stores made the backward 6-9% slower at L = 2048 than at L = 2032. Non-temporal stores need no
-   ownership read and leave the caches alone (the forward's y gains nothing from them and stays cached). */
+   them: the backward was ~10% slower per step at L = 2048 than at L = 2032. Non-temporal stores need no
+   ownership read and leave the caches alone: backward kernel 6-9% faster at L = 2048. The forward's y gains
+   nothing from them and stays cached for its consumer. */
 static inline void tile_out(const float* tile, int64_t L, int64_t t0, int64_t nt, float* X, int stream) {
 #if defined(__AVX512F__)
     stream = stream && ((uintptr_t)(X + t0) & 63) == 0 && (L & 15) == 0;
