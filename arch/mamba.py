@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .registry import register_mixer
 from .state import check_mixer_input, check_state, state_dtype
+from .time_major import time_major_linear
 
 __all__ = ["Mamba", "init_dt_bias"]
 
@@ -98,7 +99,7 @@ class Mamba(nn.Module):
             return y[:, None], new_state
         from parazoo.ops import causal_conv1d, selective_scan
 
-        xz = torch.matmul(self.in_proj.weight, x.transpose(1, 2))             # (B, 2 d_inner, T), time-contiguous
+        xz = time_major_linear(x, self.in_proj.weight)                        # (B, 2 d_inner, T), time-contiguous
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None]
         xs, z = xz.chunk(2, dim=1)                                            # (B, d_inner, T)
@@ -108,7 +109,7 @@ class Mamba(nn.Module):
         xc = causal_conv1d(xs, w, self.conv1d.bias, activation="silu", initial_states=init)
         dbc = self.x_proj(xc.transpose(1, 2))                                 # (B, T, dt_rank + 2N)
         dt_low, Bm, Cm = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = torch.matmul(self.dt_proj.weight, dt_low.transpose(1, 2))         # (B, d_inner, T), bias in the scan
+        dt = time_major_linear(dt_low, self.dt_proj.weight)                   # (B, d_inner, T), bias in the scan
         Bm, Cm = Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()  # (B, N, T)
         A, D, dt_bias = self._ssm_params()
         h0 = None if state is None else state["ssm_state"]                   # (B, d_inner, N)
