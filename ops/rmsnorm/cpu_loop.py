@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .._cpu_jit import CKernel, F64, I64, PTR, ptr
+from .._cpu_transpose import transpose_copy
 from .._cpu_math import EXP_F32_SOURCE
 
 __all__ = ["norm_fwd", "norm_bwd"]
@@ -139,7 +140,15 @@ KERNEL = CKernel("rms_norm", _C_SOURCE, {"rms_fwd_f32": _FWD_ARGS, "rms_fwd_f64"
 
 
 def _rows(t: torch.Tensor | None, ct: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.to(ct).reshape(-1, t.shape[-1]).contiguous()
+    """(M, D) contiguous rows. A 3-D tensor whose channels are not unit-stride (e.g. a (B, D, T) scan
+    output viewed as (B, T, D), as Hymba normalises Mamba's output) goes through the blocked
+    transposing copy: torch's copy took 20 ms for a (2048, 1536) one on 2 threads."""
+    if t is None:
+        return None
+    t = t.to(ct)
+    if t.dim() == 3 and t.shape[-1] > 1 and t.stride(-1) != 1:
+        t = transpose_copy(t.transpose(1, 2))
+    return t.reshape(-1, t.shape[-1]).contiguous()
 
 
 def norm_fwd(x, weight, z, eps: float, norm_before_gate: bool, group_size: int, ct):

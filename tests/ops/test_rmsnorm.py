@@ -89,6 +89,23 @@ def test_leading_shapes(backend, shape):
 
 
 @pytest.mark.parametrize("gate", GATES, ids=["nogate", "norm_then_gate", "gate_then_norm"])
+def test_channel_strided_inputs(backend, gate):
+    """x, z and dy as (B, T, D) views of (B, D, T) tensors (channels not unit-stride, as Hymba
+    normalises Mamba's output; the fused loops take them through the blocked transposing copy)
+    match the reference on contiguous copies."""
+    B, T, D = 2, 37, 40
+    g = torch.Generator().manual_seed(3)
+    mk = lambda: torch.randn(B, D, T, generator=g).transpose(1, 2)           # (B, T, D), stride(-1) = T
+    x, z, dy = mk().requires_grad_(), (mk().requires_grad_() if gate is not None else None), mk()
+    w = (1 + 0.5 * torch.randn(D, generator=g)).requires_grad_()
+    assert x.stride(-1) != 1 and dy.stride(-1) != 1
+    got = _run((x, w, z, dy), backend, gate, 20)
+    want = _run((x, w, z, dy), "ref", gate, 20, cast=torch.float64)
+    for name, a, e in zip(["y", "dx", "dweight", "dz"], got, want):
+        assert_close(a, e, name=name)
+
+
+@pytest.mark.parametrize("gate", GATES, ids=["nogate", "norm_then_gate", "gate_then_norm"])
 def test_many_rows_threads_split_rows(cpu_backend, gate):
     """Enough rows (600 x 128) for the fused loops to split them across threads; dweight sums the
     threads' partial sums."""
