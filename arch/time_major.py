@@ -1,13 +1,16 @@
-"""Linear map into the time-major layout the scan ops take: (B, T, in) -> (B, out, T).
+"""Linear maps into and out of the time-major layout the scan ops take, (B, C, T).
 
-    y[b] = W x[b]^T          W: (out, in),  x[b]: (T, in),  y[b]: (out, T) contiguous
-    dx[b] = dy[b]^T W,   dW = sum_b dy[b] x[b]
+    time_major_linear:       (B, T, in) -> (B, out, T)    y[b] = W x[b]^T
+                             dx[b] = dy[b]^T W,   dW = sum_b dy[b] x[b]
+    linear_from_time_major:  (B, in, T) -> (B, T, out)    y[b] = x[b]^T W^T
+                             dx[b] = (dy[b] W)^T, dW = sum_b dy[b]^T x[b]^T
 
-``torch.matmul(W, x.transpose(1, 2))`` gives the same forward, but its backward folds the batch
-through transposed views and copies the whole (B, out, T) gradient into another layout first: in
-a Mamba-1 layer at T 2048 (d_inner 1536) those two copies (in_proj and dt_proj) took 79 ms of a
-475 ms training step on 2 CPU threads. Here every product is one 2-D GEMM per batch row whose
-operands the BLAS reads transposed in place: no copies in either direction.
+``torch.matmul(W, x.transpose(1, 2))`` and ``F.linear(x.transpose(1, 2), W)`` compute the same, but
+fold the batch through transposed views and copy whole activations or gradients into another
+layout first. In a Mamba-1 layer at T 2048 (d_inner 1536, 2 CPU threads) the two copies in the
+backward of matmul (in_proj, dt_proj) took 79 ms of a 475 ms training step; at batch 3, T 1024 the
+forward copies of x_proj's and out_proj's inputs took another 58 ms. Here every product is one 2-D
+GEMM per batch row whose operands the BLAS reads transposed in place: no copies.
 
 Autocast: the forward's GEMMs run under the caller's autocast like any matmul (so y comes out in
 the autocast dtype); the backward computes in the gradient's dtype, and autograd hands each
@@ -16,8 +19,9 @@ gradient back in its input's dtype, as with autocast's own casts.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["time_major_linear"]
+__all__ = ["time_major_linear", "linear_from_time_major"]
 
 
 def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -45,12 +49,46 @@ class _TimeMajorLinear(torch.autograd.Function):
         return dx, dw                                   # the autograd engine casts each to its input's dtype
 
 
+class _LinearFromTimeMajor(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return _stack([x[b].t() @ weight.t() for b in range(x.shape[0])])     # (B, T, out)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            w = weight.to(dy.dtype)
+            dx = _stack([dy[b] @ w for b in range(dy.shape[0])]).transpose(1, 2)   # (B, in, T), channel-last like F.linear's
+        if ctx.needs_input_grad[1]:
+            xc = x.to(dy.dtype)
+            dw = dy[0].t() @ xc[0].t()                                          # (out, in)
+            for b in range(1, dy.shape[0]):
+                dw.addmm_(dy[b].t(), xc[b].t())
+        return dx, dw
+
+
+def _check(name: str, x: torch.Tensor, weight: torch.Tensor, in_dim: int) -> None:
+    if x.dim() != 3 or weight.dim() != 2 or x.shape[in_dim] != weight.shape[1]:
+        want = "(B, T, in)" if in_dim == 2 else "(B, in, T)"
+        raise ValueError(f"{name}: expected x {want} and weight (out, in) with matching 'in', got x "
+                         f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
+
+
 def time_major_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (B, T, in), weight (out, in) -> (B, out, T), time-contiguous; equals
     ``torch.matmul(weight, x.transpose(1, 2))``. Any strides of x (a slice of a wider tensor)."""
-    if x.dim() != 3 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"time_major_linear: expected x (B, T, {weight.shape[-1] if weight.dim() == 2 else 'in'}) "
-                         f"and weight (out, in), got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    _check("time_major_linear", x, weight, 2)
     if x.shape[0] == 0:
         return torch.matmul(weight, x.transpose(1, 2))
     return _TimeMajorLinear.apply(x, weight)
+
+
+def linear_from_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, in, T), weight (out, in), bias (out,) or None -> (B, T, out), contiguous; equals
+    ``F.linear(x.transpose(1, 2), weight, bias)``. Any strides of x."""
+    _check("linear_from_time_major", x, weight, 1)
+    y = F.linear(x.transpose(1, 2), weight) if x.shape[0] == 0 else _LinearFromTimeMajor.apply(x, weight)
+    return y if bias is None else y + bias
