@@ -10,7 +10,8 @@ fold the batch through transposed views and copy whole activations or gradients 
 layout first. In a Mamba-1 layer at T 2048 (d_inner 1536, 2 CPU threads) the two copies in the
 backward of matmul (in_proj, dt_proj) took 79 ms of a 475 ms training step; at batch 3, T 1024 the
 forward copies of x_proj's and out_proj's inputs took another 58 ms. Here every product is one 2-D
-GEMM per batch row whose operands the BLAS reads transposed in place: no copies.
+GEMM per batch row whose operands the BLAS reads transposed in place: no transposing copies (with
+batch > 1, stacking the rows' results is one plain copy of the output).
 
 Autocast: the forward's GEMMs run under the caller's autocast like any matmul (so y comes out in
 the autocast dtype); the backward computes in the gradient's dtype, and autograd hands each
