@@ -29,46 +29,35 @@ def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
     return rows[0][None] if len(rows) == 1 else torch.stack(rows)             # batch 1: a view, no copy
 
 
-class _TimeMajorLinear(torch.autograd.Function):
+class _RowwiseLinear(torch.autograd.Function):
+    """One 2-D GEMM per batch row. tm_in: x (B, in, T) -> y (B, T, out); else x (B, T, in) -> y (B, out, T)."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, tm_in: bool) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
+        ctx.tm_in = tm_in
+        if tm_in:
+            return _stack([x[b].t() @ weight.t() for b in range(x.shape[0])])  # (B, T, out)
         return _stack([weight @ x[b].t() for b in range(x.shape[0])])         # (B, out, T)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x, weight = ctx.saved_tensors
+        tm_in, n = ctx.tm_in, dy.shape[0]
+        g = [dy[b].t() if tm_in else dy[b] for b in range(n)]                 # (out, T) each
         dx = dw = None
         if ctx.needs_input_grad[0]:
             w = weight.to(dy.dtype)
-            dx = _stack([dy[b].t() @ w for b in range(dy.shape[0])])                   # (B, T, in)
+            dx = _stack([gb.t() @ w for gb in g])                               # (B, T, in)
+            if tm_in:
+                dx = dx.transpose(1, 2)                                         # (B, in, T), channel-last like F.linear's
         if ctx.needs_input_grad[1]:
             xc = x.to(dy.dtype)
-            dw = dy[0] @ xc[0]                                                  # (out, in)
-            for b in range(1, dy.shape[0]):
-                dw.addmm_(dy[b], xc[b])
-        return dx, dw                                   # the autograd engine casts each to its input's dtype
-
-
-class _LinearFromTimeMajor(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        return _stack([x[b].t() @ weight.t() for b in range(x.shape[0])])     # (B, T, out)
-
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            w = weight.to(dy.dtype)
-            dx = _stack([dy[b] @ w for b in range(dy.shape[0])]).transpose(1, 2)   # (B, in, T), channel-last like F.linear's
-        if ctx.needs_input_grad[1]:
-            xc = x.to(dy.dtype)
-            dw = dy[0].t() @ xc[0].t()                                          # (out, in)
-            for b in range(1, dy.shape[0]):
-                dw.addmm_(dy[b].t(), xc[b].t())
-        return dx, dw
+            cols = [xc[b] if tm_in else xc[b].t() for b in range(n)]           # (in, T) each
+            dw = g[0] @ cols[0].t()                                             # (out, in)
+            for gb, cb in zip(g[1:], cols[1:]):
+                dw.addmm_(gb, cb.t())
+        return dx, dw, None                             # the autograd engine casts each to its input's dtype
 
 
 def _check(name: str, x: torch.Tensor, weight: torch.Tensor, in_dim: int) -> None:
@@ -84,12 +73,12 @@ def time_major_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     _check("time_major_linear", x, weight, 2)
     if x.shape[0] == 0:
         return torch.matmul(weight, x.transpose(1, 2))
-    return _TimeMajorLinear.apply(x, weight)
+    return _RowwiseLinear.apply(x, weight, False)
 
 
 def linear_from_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (B, in, T), weight (out, in), bias (out,) or None -> (B, T, out), contiguous; equals
     ``F.linear(x.transpose(1, 2), weight, bias)``. Any strides of x."""
     _check("linear_from_time_major", x, weight, 1)
-    y = F.linear(x.transpose(1, 2), weight) if x.shape[0] == 0 else _LinearFromTimeMajor.apply(x, weight)
+    y = F.linear(x.transpose(1, 2), weight) if x.shape[0] == 0 else _RowwiseLinear.apply(x, weight, True)
     return y if bias is None else y + bias
