@@ -11,7 +11,7 @@ scan from a state (parazoo's extension; not together with cu_seqlens). ``selecti
 of the same recurrence on a state (batch, dim, N), updated in place.
 
 Paths (``backend=``): ``reference.py`` (sequential loop, autograd), ``cpu.py`` (fused C loops:
-``cpu_block_kernel.py``, 16 channels per vector, for float32 with N = 16 and groups of a multiple of
+``cpu_block_kernel.py``, 16 channels per vector, for float32 with N <= 256 and groups of a multiple of
 16 channels, else ``cpu_kernel.py``; pure-torch ``cpu_torch.py`` without a compiler), ``triton_fwd.py`` /
 ``triton_bwd.py`` (Triton kernels, launched by ``triton_scan.py``; ``triton_update.py`` for the
 decode step). The fast paths are the ``torch.library`` custom ops

@@ -1,16 +1,17 @@
-"""Channel-blocked C kernels of the selective scan (float32, N = 16): 16 channels per vector.
+"""Channel-blocked C kernels of the selective scan (float32, N <= 256): 16 channels per vector.
 
 ``cpu_kernel`` puts the N state entries of one channel in a vector, so every time step ends in
 a horizontal sum (y_t = C_t . h_t) on the recurrence's critical path. Here the 16 lanes of a
-vector are 16 channels d0..d0+15 of one B/C group instead, and the N = 16 state entries are 16
-separate vectors h[n] (lanes = channels):
+vector are 16 channels d0..d0+15 of one B/C group instead, and the NS state entries are NS
+separate vectors h[n] (lanes = channels; NS = N rounded up to a multiple of 16, one library
+compiled per NS; the pad entries have A = 0, B = C = 0: they stay 0 and add nothing):
 
     a[n] = exp(dl_t A[:, n]);  h[n] = a[n] h[n] + (dl_t u_t) B_t[n];  y_t = sum_n C_t[n] h[n] + D u_t
 
 B_t[n], C_t[n] are scalars shared by the block's channels, broadcast from B, C transposed to
 (batch, G, L, N) (one cache line per step; in the (N, L) layout the 2N rows 4 KiB apart would
 all fall into one L1 set and thrash it), the sum over n is a per-lane FMA chain (no
-horizontal sum), and the 16 recurrences per step are independent chains that hide each other's
+horizontal sum), and the NS recurrences per step are independent chains that hide each other's
 latency. u, delta, z (and dout in the backward) are transposed per chunk of K steps into (K, 16)
 tiles; the pointwise parts (dl = softplus(delta + bias), silu(z) and their derivatives) are
 computed on the tiles in a pass of their own before the step loop (inside it, their chain of exp,
@@ -20,36 +21,45 @@ many streams for the hardware prefetcher: the loops prefetch the next chunk's li
 
 Backward (same equations as ``cpu_kernel``'s docstring): each thread takes its blocks PB = 4 at a
 time and walks the chunks in reverse; per chunk, each block recomputes the chunk's states and
-decays from its checkpoint, then runs the reverse pass in two halves of 8 state entries (so g and
-the dA accumulators of a half stay in registers). ddl_t, du_t, ypre_t are per-lane sums over n.
+decays from its checkpoint, then runs the reverse pass in NS / 8 parts of 8 state entries (so g and
+the dA accumulators of a part stay in registers). ddl_t, du_t, ypre_t are per-lane sums over n.
 dB_t[n] = sum_d g dl u and dC_t[n] = sum_d dy h are sums over channels: they are accumulated
 lane-wise (one vertical FMA per n) into per-chunk buffers shared by the PB blocks, and summed over
 the lanes by a transpose-and-add tree of 15 two-vector shuffles once per chunk step for the PB
 blocks together (before: once per block and step, 40% of the reverse pass). Whatever needs no g
 (dC_t, ypre_t = C_t . h_t + D u_t, dz_t) is done in the recompute pass, where h_t is at hand; the
-reverse pass keeps only what needs g. (Sampled profile of the backward, 1 thread, b1 d1536 L2048:
+reverse pass keeps only what needs g. (Sampled profile of the backward, 1 thread, b1 d1536 N16 L2048:
 recompute pass 40% (its exps 24%), reverse pass 21%, pointwise pass 12%, transposes out 9% and in 8%,
 lane sums 5%; README, Benchmarks.) dout is read with its strides (channel-last when it is the
 gradient of y.transpose(1, 2); an expanded scalar). du, ddelta, dz and the forward's checkpoints go
 out with non-temporal stores (see tile_out).
 
 Used when the compiler has ``__builtin_shufflevector`` (gcc >= 12, clang), the dtype is float32,
-N = 16 and dim // G is a multiple of 16 for B and C; otherwise ``cpu_kernel``'s row kernels run.
+N <= MAX_NS and dim // G is a multiple of 16 for B and C; otherwise ``cpu_kernel``'s row kernels run.
+Against those (b1 d1536 L2048, 2 threads, README): forward 3.4-5.8x, forward+backward 3.3-4.3x
+faster for N = 8 .. 256.
 """
 from __future__ import annotations
 
 from .._cpu_jit import CKernel, I64, PTR
 from .cpu_kernel import CHUNK, COMMON_SOURCE
 
-__all__ = ["BLK_LIB", "WIDTH"]
+__all__ = ["BLK_LIB", "MAX_NS", "WIDTH", "blk_lib", "padded_state"]
 
 WIDTH = 16  # channels per block = float32 lanes of one 512-bit vector
+MAX_NS = 256  # largest state size the blocked kernels take; N pads up to a multiple of 16 (see padded_state)
+
+
+def padded_state(N: int) -> int:
+    """The kernels' state size for N state entries: N rounded up to a multiple of 16 (the pad entries have
+    A = 0 and B = C = 0, so they stay 0 and add nothing)."""
+    return -(-N // WIDTH) * WIDTH
 
 _SOURCE = COMMON_SOURCE + r"""
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 #define W 16
-#define NS 16
+/* NS, the state size (a multiple of 16), is defined in front of this source: one library per NS */
 
 static inline vf vload(const float* p) { vf v; memcpy(&v, p, sizeof(v)); return v; }
 static inline void vstore(float* p, vf v) { memcpy(p, &v, sizeof(v)); }
@@ -232,10 +242,14 @@ static inline void rows_in(const float* X, int64_t stride, vf* m) {
     for (int j = 0; j < W; j++) m[j] = vload(X + j * stride);
     transpose16(m);
 }
+/* the same for a block's (W, NS) slice: m[n] lane j = X[j * stride + n], n = 0 .. NS - 1, 16 entries at a time */
+static inline void rows_in_ns(const float* X, int64_t stride, vf* m) {
+    for (int q = 0; q < NS; q += 16) rows_in(X + q, stride, m + q);
+}
 /* stream = 1 as in tile_out: the forward's checkpoints are written once and read back only by the backward */
 static inline void rows_out(const vf* m, int64_t stride, float* X, int stream) {
     vf t[16];
-    for (int n = 0; n < NS; n++) t[n] = m[n];
+    for (int n = 0; n < 16; n++) t[n] = m[n];
     transpose16(t);
 #if defined(__AVX512F__)
     if (stream && ((uintptr_t)X & 63) == 0 && (stride & 15) == 0) {
@@ -245,9 +259,12 @@ static inline void rows_out(const vf* m, int64_t stride, float* X, int stream) {
 #endif
     for (int j = 0; j < W; j++) vstore(X + j * stride, t[j]);
 }
+static inline void rows_out_ns(const vf* m, int64_t stride, float* X, int stream) {
+    for (int q = 0; q < NS; q += 16) rows_out(m + q, stride, X + q, stream);
+}
 
 static inline void load_params(const float* A, const float* Dv, const float* dbias, int64_t d0, vf* Av, vf* Dd, vf* Bias) {
-    rows_in(A + d0 * NS, NS, Av);
+    rows_in_ns(A + d0 * NS, NS, Av);
     for (int j = 0; j < W; j++) { (*Dd)[j] = Dv ? Dv[d0 + j] : 0.0f; (*Bias)[j] = dbias ? dbias[d0 + j] : 0.0f; }
 }
 
@@ -269,10 +286,10 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
             const float* Cb = Cg + (b * GC + d0 / (dim / GC)) * NS * L;
             vf Av[NS], h[NS], Dd, Bias;
             load_params(A, Dv, dbias, d0, Av, &Dd, &Bias);
-            if (h0) rows_in(h0 + r0 * NS, NS, h); else for (int n = 0; n < NS; n++) h[n] = (vf){};
+            if (h0) rows_in_ns(h0 + r0 * NS, NS, h); else for (int n = 0; n < NS; n++) h[n] = (vf){};
             for (int64_t t0 = 0, c = 0; t0 < L; t0 += K, c++) {
                 const int64_t nt = (t0 + K < L) ? K : L - t0;
-                if (ckpt) rows_out(h, nck * NS, ckpt + (r0 * nck + c) * NS, 1);
+                if (ckpt) rows_out_ns(h, nck * NS, ckpt + (r0 * nck + c) * NS, 1);
                 tile_in(u + r0 * L, L, t0, nt, tu);
                 tile_in(delta + r0 * L, L, t0, nt, tdl);
                 if (z) tile_in(z + r0 * L, L, t0, nt, tz);
@@ -315,28 +332,29 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
 }
 
 /* Backward, per thread: its blocks are taken PB at a time; for each chunk in reverse, each of the PB blocks
-   recomputes the chunk's states and decays from its checkpoint, then runs the reverse pass in two halves of
-   NH state entries (the half's g and dA accumulators stay in registers). dB_t, dC_t are accumulated lane-wise
+   recomputes the chunk's states and decays from its checkpoint, then runs the reverse pass in NS / NH parts of
+   NH state entries (the part's g and dA accumulators stay in registers). dB_t, dC_t are accumulated lane-wise
    (vertical FMAs) into per-chunk buffers shared by the PB blocks and summed over the lanes once per chunk,
    so the transpose-and-add tree runs once per group of PB blocks instead of once per block. */
 #define NH 8
 #define PB 4
+
+static const vf zeros_ns[NS];                                                     /* h_{t-1} at a sequence start */
 
 typedef struct {                                                                   /* one chunk of one block, (K, W) tiles */
     const float *tu, *tdl, *tsg, *tdy;
     float *tdu, *tdd;
 } BwdTiles;
 
-/* reverse pass over one chunk for state entries n0 .. n0 + NH - 1: g, dA, and dB_t lane-wise. The first half
-   leaves g . B and sum_n g a h A in tdu, tdd; the second adds its own and finishes du, ddelta and the per-block
-   sums. (dC_t = dy h_t, C . h_t and dz need no g: the recompute pass does them, where h_t is in a register.) */
-static inline __attribute__((always_inline)) void bwd_half(
-    const int n0, const int second, const int64_t t0, const int64_t nt,
+/* reverse pass over one chunk for state entries n0 .. n0 + NH - 1: g, dA, and dB_t lane-wise. The first part
+   leaves g . B and sum_n g a h A in tdu, tdd, the middle ones add theirs; the last adds its own and finishes du,
+   ddelta and the per-block sums. (dC_t = dy h_t, C . h_t and dz need no g: the recompute pass does them, where h_t is in a register.) */
+static inline __attribute__((always_inline)) void bwd_part(
+    const int n0, const int64_t t0, const int64_t nt,
     const vf* Av, vf Dd, const float* Bb, const float* Cb, const int32_t* reset, const int32_t* end_id,
     const float* dlast_b, int64_t dlast_seq, const vf* H, const vf* Ab, BwdTiles T,
     vf* gst, vf* dAst, vf* dDst, vf* dbst, vf* aB)
 {
-    static const vf zeros[NS];
     vf g[NH], dA[NH];
     for (int i = 0; i < NH; i++) { g[i] = gst[n0 + i]; dA[i] = dAst[n0 + i]; }
     vf dD = *dDst, db = *dbst;
@@ -347,7 +365,7 @@ static inline __attribute__((always_inline)) void bwd_half(
                 g[i][j] += dlast_b[end_id[t] * dlast_seq + j * NS + n0 + i];
         const vf x = vload(T.tu + k * W), dlv = vload(T.tdl + k * W), dy = vload(T.tdy + k * W), dlx = dlv * x;
         const int rs = reset[t];
-        const vf* hp = rs ? zeros : H + k * NS;                                    /* h_{t-1} (0 at a start) */
+        const vf* hp = rs ? zeros_ns : H + k * NS;                                   /* h_{t-1} (0 at a start) */
         const vf* ak = Ab + k * NS;
         vf* bk = aB + k * NS;
         const float* Bt = Bb + t * NS;
@@ -367,8 +385,10 @@ static inline __attribute__((always_inline)) void bwd_half(
             g[i] = ga;
         }
         if (rs) for (int i = 0; i < NH; i++) g[i] = (vf){};                        /* nothing flows across a start */
-        if (!second) {
+        if (n0 == 0) {
             vstore(T.tdu + k * W, pb); vstore(T.tdd + k * W, pdA);
+        } else if (n0 + NH < NS) {
+            vstore(T.tdu + k * W, vload(T.tdu + k * W) + pb); vstore(T.tdd + k * W, vload(T.tdd + k * W) + pdA);
         } else {
             pb += vload(T.tdu + k * W);
             vstore(T.tdu + k * W, dy * Dd + dlv * pb);                             /* du */
@@ -382,13 +402,12 @@ static inline __attribute__((always_inline)) void bwd_half(
     *dDst = dD; *dbst = db;
 }
 
-static const vf zeros16[NS];
 /* out[(g L + k) N + n] += sum over lanes of acc[(g K + k) N + n] for ng groups, nt steps; acc is left zeroed */
 static inline void lane_sums(vf* acc, int64_t ng, int64_t K, int64_t nt, float* out, int64_t L) {
     for (int64_t g = 0; g < ng; g++)
         for (int64_t k = 0; k < nt; k++) {
             vf* a = acc + (g * K + k) * NS;
-            vreduce_add(a, out + (g * L + k) * NS);
+            for (int q = 0; q < NS; q += 16) vreduce_add(a + q, out + (g * L + k) * NS + q);
             for (int n = 0; n < NS; n++) a[n] = (vf){};
         }
 }
@@ -447,7 +466,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                     const float* dorow = dout + b * dsb + d0 * dsd;                  /* dout (b, d0 + j, t) = dorow[j dsd + t dsl] */
                     tile_in_strided(dorow, dsd, dsl, t0, nt, tdo);
                     if (z) tile_in(z + r0 * L, L, t0, nt, tz);
-                    rows_in(ckpt + (r0 * nck + c) * NS, nck * NS, H);
+                    rows_in_ns(ckpt + (r0 * nck + c) * NS, nck * NS, H);
                     for (int64_t k = 0; k < nt; k++) {                              /* pointwise parts, independent steps */
                         vf sg;
                         vstore(tdl + k * W, vdelta(vload(tdl + k * W) + Bias, softplus, &sg));
@@ -468,7 +487,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                             if (z) PREFETCH_ROWS(z + r0 * L, L, t0 - K, k, 0);      /* du, ddelta, dz: streamed out */
                         }
                         const vf dlv = vload(tdl + k * W), dlx = dlv * vload(tu + k * W), dy = vload(tdy + k * W);
-                        const vf* hp = reset[t] ? zeros16 : H + k * NS;              /* h_{t-1} = 0 at a start */
+                        const vf* hp = reset[t] ? zeros_ns : H + k * NS;             /* h_{t-1} = 0 at a start */
                         vf* hk = H + (k + 1) * NS;
                         vf* ak = Ab + k * NS;
                         vf* ck = accC + ((gc - gC0) * K + k) * NS;
@@ -489,8 +508,8 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                     vf* aB = accB + (gb - gB0) * K * NS;
                     const float* dl_b = dlast ? dlast + (b * nseq * dim + d0) * NS : 0;
                     vf *dAst = gst + NS, *dDst = dAst + NS, *dbst = dDst + 1;
-                    bwd_half(0, 0, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB);
-                    bwd_half(NH, 1, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB);
+                    for (int n0 = 0; n0 < NS; n0 += NH)
+                        bwd_part(n0, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB);
                     tile_out(tdu, L, t0, nt, du + r0 * L, 1);
                     tile_out(tdd, L, t0, nt, ddelta + r0 * L, 1);
                     if (z) tile_out(tdz, L, t0, nt, dz + r0 * L, 1);
@@ -501,8 +520,8 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
             for (int64_t blk = p0; blk < p1; blk++) {
                 const int64_t r0 = (blk / (dim / W)) * dim + (blk % (dim / W)) * W;
                 const vf* gst = st + (blk - p0) * SW;
-                rows_out(gst + NS, NS, dA + r0 * NS, 0);
-                if (dh0) rows_out(gst, NS, dh0 + r0 * NS, 0);                             /* g after t = 0 already carries a_0 */
+                rows_out_ns(gst + NS, NS, dA + r0 * NS, 0);
+                if (dh0) rows_out_ns(gst, NS, dh0 + r0 * NS, 0);                             /* g after t = 0 already carries a_0 */
                 for (int j = 0; j < W; j++) {
                     dD[r0 + j] = gst[2 * NS][j];
                     if (ddb_rows) ddb_rows[r0 + j] = gst[2 * NS + 1][j];
@@ -525,5 +544,18 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
 _FWD_ARGS = [PTR] * 14 + [I64] * 9
 _BWD_ARGS = [PTR] * 22 + [I64] * 12
 
-BLK_LIB = CKernel("selective_scan_blk", _SOURCE, {"ss_fwd_blk_f32": _FWD_ARGS, "ss_bwd_blk_f32": _BWD_ARGS,
-                                                  "ss_exp_blk_f32": [PTR, PTR, I64]})
+_FUNCTIONS = {"ss_fwd_blk_f32": _FWD_ARGS, "ss_bwd_blk_f32": _BWD_ARGS, "ss_exp_blk_f32": [PTR, PTR, I64]}
+_LIBS: dict[int, CKernel] = {}
+
+
+def blk_lib(ns: int) -> CKernel:
+    """The kernels for state size ``ns`` (a multiple of 16, at most MAX_NS), compiled on first use."""
+    if ns % WIDTH or not 0 < ns <= MAX_NS:
+        raise ValueError(f"blk_lib: state size {ns} is not a multiple of {WIDTH} in [{WIDTH}, {MAX_NS}]")
+    if ns not in _LIBS:
+        name = "selective_scan_blk" if ns == 16 else f"selective_scan_blk{ns}"
+        _LIBS[ns] = CKernel(name, f"#define NS {ns}\n" + _SOURCE, _FUNCTIONS)
+    return _LIBS[ns]
+
+
+BLK_LIB = blk_lib(16)

@@ -2,7 +2,8 @@
 triton (interpreter), forward and every gradient (including through last_state), odd lengths,
 T = 1, grouped B/C, D / z / delta_bias / softplus on and off, cu_seqlens packing, decode steps,
 float64 gradcheck, bf16 input, non-contiguous input, custom-op registration, bad input, the
-channel-blocked C kernels (float32, N = 16, 16 channels per group), initial_state (continuation)."""
+channel-blocked C kernels (float32, N <= 256 padded to a multiple of 16, 16 channels per group),
+initial_state (continuation)."""
 import math
 
 import pytest
@@ -102,6 +103,10 @@ BIG_CASES = {
     "T5_N16_blocked_plain": (1, 16, 5, 16, None, None, False, False, False, False),
     # L a multiple of 16 over several chunks: the backward streams du, ddelta, dz out (non-temporal stores)
     "T192_N16_blocked_streamed": (2, 32, 192, 16, 1, 1, True, True, True, True),
+    # N not a multiple of 16: the blocked kernels run on the state padded to 16 (A = 0, B = C = 0 there)
+    "T150_N3_blocked_padded": (2, 32, 150, 3, 2, 1, True, True, True, True),
+    # N = 32: two 16-entry groups per transpose, four 8-entry parts in the reverse pass
+    "T70_N32_blocked": (1, 16, 70, 32, None, None, True, True, True, True),
     "T257_N16_groups_differ": pytest.param((2, 6, 257, 16, 3, 1, True, True, False, True), marks=pytest.mark.slow),
 }
 
@@ -118,14 +123,15 @@ def test_bigger_shapes_match_reference(cpu_backend, dtype, case):
     _check_case(cpu_backend, dtype, case)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_blocked_backward_many_blocks(threads):
+@pytest.mark.parametrize("threads,N", [(1, 16), (2, 16), (3, 16), (2, 40)])
+def test_blocked_backward_many_blocks(threads, N):
     """The blocked backward takes each thread's blocks four at a time and shares the lane-wise dB/dC
     buffers between them: 20 blocks (10 per batch row) split over 1-3 threads, so block groups are
-    uneven, straddle a B group boundary (80 channels per group) and several chunks (L = 130)."""
+    uneven, straddle a B group boundary (80 channels per group) and several chunks (L = 130).
+    N = 40 runs padded to 48 (three 16-entry groups, six reverse-pass parts)."""
     if cpu_block_kernel.BLK_LIB.load() is None:
         pytest.skip("the channel-blocked kernels do not compile here")
-    case = (2, 160, 130, 16, 2, 1, True, True, True, True)
+    case = (2, 160, 130, N, 2, 1, True, True, True, True)
     assert _uses_blocked_kernel(case, torch.float32)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -158,10 +164,14 @@ def test_blocked_cases_run_the_blocked_kernel():
     fallback to the row kernels would leave them untested)."""
     if cpu_block_kernel.BLK_LIB.load() is None:
         pytest.skip("the channel-blocked kernels do not compile here (gcc < 12?)")
-    for name in ("T70_N16_blocked_groups_differ", "T5_N16_blocked_plain", "T192_N16_blocked_streamed"):
+    for name in ("T70_N16_blocked_groups_differ", "T5_N16_blocked_plain", "T192_N16_blocked_streamed",
+                 "T150_N3_blocked_padded", "T70_N32_blocked"):
         assert _uses_blocked_kernel(BIG_CASES[name], torch.float32), name
         assert not _uses_blocked_kernel(BIG_CASES[name], torch.float64), name
     assert not _uses_blocked_kernel(BIG_CASES["T63_N16_grouped"], torch.float32)
+    # beyond MAX_NS the row kernels run
+    assert _uses_blocked_kernel((1, 16, 5, cpu_block_kernel.MAX_NS, None, None), torch.float32)
+    assert not _uses_blocked_kernel((1, 16, 5, cpu_block_kernel.MAX_NS + 1, None, None), torch.float32)
 
 
 def test_blocked_kernel_exp_is_within_2_ulp():
@@ -197,9 +207,11 @@ def test_initial_state_matches_reference(backend, dtype, case):
     _check_case(backend, dtype, H0_CASES[case], h0=True)
 
 
+@pytest.mark.parametrize("N", [16, 7])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_initial_state_blocked_kernel(cpu_backend, dtype):
-    _check_case(cpu_backend, dtype, (2, 32, 40, 16, 2, None, True, True, True, True), h0=True)
+def test_initial_state_blocked_kernel(cpu_backend, dtype, N):
+    """N = 7: the initial state and d initial_state go through the padded state."""
+    _check_case(cpu_backend, dtype, (2, 32, 40, N, 2, None, True, True, True, True), h0=True)
 
 
 def test_initial_state_continues_a_split_scan(backend):
@@ -294,10 +306,12 @@ def test_cu_seqlens_packed_equals_separate(backend):
         assert_close(a, e, name=f"d{k} packed vs separate")
 
 
-def test_cu_seqlens_blocked_kernel(cpu_backend):
-    """Packed sequences on the channel-blocked kernels (float32, N = 16, 16 channels), forward and gradients."""
+@pytest.mark.parametrize("N", [16, 9])
+def test_cu_seqlens_blocked_kernel(cpu_backend, N):
+    """Packed sequences on the channel-blocked kernels (float32, 16 channels), forward and gradients; N = 9
+    runs padded to 16 (the per-sequence last states and their gradients too)."""
     cu = torch.tensor([0, 5, 5, 75, 76, 90], dtype=torch.int32)
-    inputs = _inputs(1, 16, 90, 16, G=1, dtype=torch.float32)
+    inputs = _inputs(1, 16, 90, N, G=1, dtype=torch.float32)
     _compare(_run(inputs, cpu_backend, True, cu_seqlens=cu), _run(inputs, "reference", True, cu_seqlens=cu, cast=torch.float64),
              torch.float32)
 

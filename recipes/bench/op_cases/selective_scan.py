@@ -1,9 +1,11 @@
-"""Benchmark case of selective_scan (Mamba-1): one Mamba-130M layer.
+"""Benchmark cases of selective_scan (Mamba-1): one Mamba-130M layer, and the same with d_state 64.
 
-batch 1, dim (d_inner) 1536, d_state N 16, L 2048, B/C ungrouped (batch, N, L), D, z gate,
+batch 1, dim (d_inner) 1536, d_state N 16 (and 64), L 2048, B/C ungrouped (batch, N, L), D, z gate,
 delta_bias with softplus, A = -(1..N) (S4D-real init), delta_bias = inverse softplus of dt
 log-uniform in [1e-3, 0.1] (quick mode: L 256). Goals on a 2-core CPU, float32: cpu forward at
 least 30x faster than the sequential reference; cpu forward+backward at most 3x its forward.
+Backend "cpu-rows": the cpu path with the channel-blocked kernels switched off (the per-row C kernels
+that float32 ran for N != 16 before the blocked kernels took any N <= 256).
 """
 from __future__ import annotations
 
@@ -34,13 +36,23 @@ def _make(b, d, N, L):
 
 def _run(x, backend):
     from parazoo.ops import selective_scan
+    if backend == "cpu-rows":
+        import importlib
+        if x["u"].device.type != "cpu":
+            raise ValueError("backend cpu-rows runs on CPU tensors only")
+        importlib.import_module("parazoo.ops.selective_scan.cpu").USE_BLOCKED = False   # this process only
+        backend = "cpu"
     return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"], z=x["z"], delta_bias=x["delta_bias"],
                           delta_softplus=True, backend=backend)
 
 
 def cases(quick: bool) -> list[OpCase]:
-    b, d, N, L = 1, 1536, 16, (256 if quick else 2048)
-    nbytes = 4 * (b * d * L * 4 + 2 * b * N * L)     # u, delta, z read, y written; B, C read (float32)
-    return [OpCase(op="selective_scan", shape=f"b{b} dim{d} N{N} L{L}", make=_make(b, d, N, L), run=_run,
-                   slow_reference=True, copy_bytes=nbytes,
-                   goal="cpu fwd >= 30x the sequential reference; cpu fwd+bwd <= 3x cpu fwd (Mamba-130M layer)")]
+    b, d, L = 1, 1536, (256 if quick else 2048)
+    out = []
+    for N in (16, 64):
+        nbytes = 4 * (b * d * L * 4 + 2 * b * N * L)     # u, delta, z read, y written; B, C read (float32)
+        out.append(OpCase(op="selective_scan", shape=f"b{b} dim{d} N{N} L{L}", make=_make(b, d, N, L), run=_run,
+                          backends=("reference", "cpu", "cpu-rows", "triton"), slow_reference=True, copy_bytes=nbytes,
+                          goal="cpu fwd >= 30x the sequential reference; cpu fwd+bwd <= 3x cpu fwd (Mamba-130M layer)"
+                          if N == 16 else "d_state 64"))
+    return out
