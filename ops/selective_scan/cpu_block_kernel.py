@@ -338,6 +338,11 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
    so the transpose-and-add tree runs once per group of PB blocks instead of once per block. */
 #define NH 8
 #define PB 4
+/* the recompute and reverse passes run over slabs of SLAB state entries: the per-chunk states and decays
+   ((K + 1) SLAB and K SLAB vectors) stay in L2 for any NS */
+#ifndef SLAB
+#define SLAB (NS % 32 == 0 ? 32 : 16)                                   /* divides NS */
+#endif
 
 static const vf zeros_ns[NS];                                                     /* h_{t-1} at a sequence start */
 
@@ -350,7 +355,7 @@ typedef struct {                                                                
    leaves g . B and sum_n g a h A in tdu, tdd, the middle ones add theirs; the last adds its own and finishes du,
    ddelta and the per-block sums. (dC_t = dy h_t, C . h_t and dz need no g: the recompute pass does them, where h_t is in a register.) */
 static inline __attribute__((always_inline)) void bwd_part(
-    const int n0, const int64_t t0, const int64_t nt,
+    const int n0, const int s0, const int64_t t0, const int64_t nt,
     const vf* Av, vf Dd, const float* Bb, const float* Cb, const int32_t* reset, const int32_t* end_id,
     const float* dlast_b, int64_t dlast_seq, const vf* H, const vf* Ab, BwdTiles T,
     vf* gst, vf* dAst, vf* dDst, vf* dbst, vf* aB)
@@ -365,8 +370,8 @@ static inline __attribute__((always_inline)) void bwd_part(
                 g[i][j] += dlast_b[end_id[t] * dlast_seq + j * NS + n0 + i];
         const vf x = vload(T.tu + k * W), dlv = vload(T.tdl + k * W), dy = vload(T.tdy + k * W), dlx = dlv * x;
         const int rs = reset[t];
-        const vf* hp = rs ? zeros_ns : H + k * NS;                                   /* h_{t-1} (0 at a start) */
-        const vf* ak = Ab + k * NS;
+        const vf* hp = rs ? zeros_ns : H + k * SLAB - s0;                           /* h_{t-1} (0 at a start) */
+        const vf* ak = Ab + k * SLAB - s0;                                          /* H, Ab hold entries s0 .. */
         vf* bk = aB + k * NS;
         const float* Bt = Bb + t * NS;
         const float* Ct = Cb + t * NS;
@@ -434,8 +439,8 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
         const int64_t b0 = nblk * tid / nth, b1 = nblk * (tid + 1) / nth;         /* this thread's blocks */
         const int64_t SW = 2 * NS + 2;                                              /* per block: g, dA, dD, d bias */
         vf* st = (vf*)amalloc(sizeof(vf) * PB * SW);
-        vf* H = (vf*)amalloc(sizeof(vf) * (K + 1) * NS);                           /* h_{t0-1}, h_t0, ... of the chunk */
-        vf* Ab = (vf*)amalloc(sizeof(vf) * K * NS);                                /* its decays */
+        vf* H = (vf*)amalloc(sizeof(vf) * (K + 1) * SLAB);                         /* h_{t0-1}, h_t0, ... of the chunk, one slab */
+        vf* Ab = (vf*)amalloc(sizeof(vf) * K * SLAB);                              /* its decays */
         vf* accB = (vf*)amalloc(sizeof(vf) * PB * K * NS);                         /* (group, k, n), lane-wise */
         vf* accC = (vf*)amalloc(sizeof(vf) * PB * K * NS);
         float* tl = (float*)amalloc(sizeof(float) * K * W * 10);
@@ -466,7 +471,6 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                     const float* dorow = dout + b * dsb + d0 * dsd;                  /* dout (b, d0 + j, t) = dorow[j dsd + t dsl] */
                     tile_in_strided(dorow, dsd, dsl, t0, nt, tdo);
                     if (z) tile_in(z + r0 * L, L, t0, nt, tz);
-                    rows_in_ns(ckpt + (r0 * nck + c) * NS, nck * NS, H);
                     for (int64_t k = 0; k < nt; k++) {                              /* pointwise parts, independent steps */
                         vf sg;
                         vstore(tdl + k * W, vdelta(vload(tdl + k * W) + Bias, softplus, &sg));
@@ -479,20 +483,25 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         }
                         vstore(tdy + k * W, dy);
                     }
-                    for (int64_t k = 0; k < nt; k++) {                              /* recompute the chunk's states */
+                    vf* aB = accB + (gb - gB0) * K * NS;
+                    const float* dl_b = dlast ? dlast + (b * nseq * dim + d0) * NS : 0;
+                    vf *dAst = gst + NS, *dDst = dAst + NS, *dbst = dDst + 1;
+                    for (int s0 = 0; s0 < NS; s0 += SLAB) {                         /* state entries s0 .. s0 + SLAB - 1 */
+                      for (int q = 0; q < SLAB; q += 16) rows_in(ckpt + (r0 * nck + c) * NS + s0 + q, nck * NS, H + q);
+                      for (int64_t k = 0; k < nt; k++) {                            /* recompute the chunk's states */
                         const int64_t t = t0 + k;
-                        if (c > 0 && (k & 48) < K) {                                 /* the previous chunk's rows */
+                        if (s0 == 0 && c > 0 && (k & 48) < K) {                      /* the previous chunk's rows */
                             PREFETCH_ROWS(u + r0 * L, L, t0 - K, k, 0); PREFETCH_ROWS(delta + r0 * L, L, t0 - K, k, 0);
                             if (dsl == 1) PREFETCH_ROWS(dorow, dsd, t0 - K, k, 0);
                             if (z) PREFETCH_ROWS(z + r0 * L, L, t0 - K, k, 0);      /* du, ddelta, dz: streamed out */
                         }
                         const vf dlv = vload(tdl + k * W), dlx = dlv * vload(tu + k * W), dy = vload(tdy + k * W);
-                        const vf* hp = reset[t] ? zeros_ns : H + k * NS;             /* h_{t-1} = 0 at a start */
-                        vf* hk = H + (k + 1) * NS;
-                        vf* ak = Ab + k * NS;
+                        const vf* hp = reset[t] ? zeros_ns : H + k * SLAB - s0;      /* h_{t-1} = 0 at a start */
+                        vf* hk = H + (k + 1) * SLAB - s0;
+                        vf* ak = Ab + k * SLAB - s0;
                         vf* ck = accC + ((gc - gC0) * K + k) * NS;
-                        vf p0 = Dd * vload(tu + k * W), p1 = (vf){};
-                        for (int n = 0; n < NS; n += 2) {
+                        vf p0 = s0 == 0 ? Dd * vload(tu + k * W) : (z ? vload(tdz + k * W) : (vf){}), p1 = (vf){};
+                        for (int n = s0; n < s0 + SLAB; n += 2) {
                             const vf a0 = vexp(dlv * Av[n]), a1 = vexp(dlv * Av[n + 1]);
                             ak[n] = a0; ak[n + 1] = a1;
                             const vf h0 = a0 * hp[n] + dlx * Bb[t * NS + n], h1 = a1 * hp[n + 1] + dlx * Bb[t * NS + n + 1];
@@ -500,16 +509,15 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                             ck[n] += dy * h0; ck[n + 1] += dy * h1;                  /* dC_t[n], lane-wise */
                             p0 += Cb[t * NS + n] * h0; p1 += Cb[t * NS + n + 1] * h1;
                         }
-                        if (z) {                                                     /* dz = dout ypre silu'(z), ypre = C . h + D u */
+                        if (z && s0 + SLAB < NS) vstore(tdz + k * W, p0 + p1);      /* ypre so far */
+                        else if (z) {                                                /* dz = dout ypre silu'(z), ypre = C . h + D u */
                             const vf s = vload(tsz + k * W), zz = vload(tz + k * W);
                             vstore(tdz + k * W, vload(tdo + k * W) * (p0 + p1) * s * (1.0f + zz * (1.0f - s)));
                         }
+                      }
+                      for (int n0 = s0; n0 < s0 + SLAB; n0 += NH)
+                        bwd_part(n0, s0, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB);
                     }
-                    vf* aB = accB + (gb - gB0) * K * NS;
-                    const float* dl_b = dlast ? dlast + (b * nseq * dim + d0) * NS : 0;
-                    vf *dAst = gst + NS, *dDst = dAst + NS, *dbst = dDst + 1;
-                    for (int n0 = 0; n0 < NS; n0 += NH)
-                        bwd_part(n0, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB);
                     tile_out(tdu, L, t0, nt, du + r0 * L, 1);
                     tile_out(tdd, L, t0, nt, ddelta + r0 * L, 1);
                     if (z) tile_out(tdz, L, t0, nt, dz + r0 * L, 1);

@@ -452,10 +452,12 @@ def test_auto_backend_on_cpu_tensors_is_the_cpu_path():
     assert_close(selective_scan(**inputs), selective_scan(**inputs, backend="cpu"))
 
 
-def test_custom_op_is_registered_and_passes_opcheck():
+@pytest.mark.parametrize("d,N,G", [(4, 3, 2), (16, 5, 1)])
+def test_custom_op_is_registered_and_passes_opcheck(d, N, G):
+    """(16, 5, 1): the channel-blocked kernels on a padded state; the outputs keep N entries."""
     assert hasattr(torch.ops.parazoo, "selective_scan") and hasattr(torch.ops.parazoo, "selective_scan_bwd")
-    inputs = _inputs(1, 4, 9, 3, G=2, dtype=torch.float32)
-    h0 = torch.randn(1, 4, 3, requires_grad=True)
+    inputs = _inputs(1, d, 9, N, G=G, dtype=torch.float32)
+    h0 = torch.randn(1, d, N, requires_grad=True)
     for init in (None, h0):                 # without and with an initial state
         args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["z"],
                 inputs["delta_bias"], init, None, True, True, "cpu")
