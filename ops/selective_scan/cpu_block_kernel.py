@@ -21,8 +21,9 @@ many streams for the hardware prefetcher: the loops prefetch the next chunk's li
 
 Backward (same equations as ``cpu_kernel``'s docstring): each thread takes its blocks PB = 4 at a
 time and walks the chunks in reverse; per chunk, each block recomputes the chunk's states and
-decays from its checkpoint, then runs the reverse pass in NS / 8 parts of 8 state entries (so g and
-the dA accumulators of a part stay in registers). ddl_t, du_t, ypre_t are per-lane sums over n.
+decays from its checkpoint, then runs the reverse pass in parts of 8 state entries (so g and
+the dA accumulators of a part stay in registers), both slab by slab (32 or 16 state entries, so the
+chunk's states and decays stay L2-sized for any NS; C . h_t for dz adds up across slabs). ddl_t, du_t, ypre_t are per-lane sums over n.
 dB_t[n] = sum_d g dl u and dC_t[n] = sum_d dy h are sums over channels: they are accumulated
 lane-wise (one vertical FMA per n) into per-chunk buffers shared by the PB blocks, and summed over
 the lanes by a transpose-and-add tree of 15 two-vector shuffles once per chunk step for the PB
