@@ -23,7 +23,8 @@ Backward (same equations as ``cpu_kernel``'s docstring): each thread takes its b
 time and walks the chunks in reverse; per chunk, each block recomputes the chunk's states and
 decays from its checkpoint, then runs the reverse pass in parts of 8 state entries (so g and
 the dA accumulators of a part stay in registers), both slab by slab (32 or 16 state entries, so the
-chunk's states and decays stay L2-sized for any NS; C . h_t for dz adds up across slabs). ddl_t, du_t, ypre_t are per-lane sums over n.
+chunk's states and decays stay L2-sized for any NS; C . h_t for dz adds up across slabs). ddl_t,
+du_t, ypre_t are per-lane sums over n.
 dB_t[n] = sum_d g dl u and dC_t[n] = sum_d dy h are sums over channels: they are accumulated
 lane-wise (one vertical FMA per n) into per-chunk buffers shared by the PB blocks, and summed over
 the lanes by a transpose-and-add tree of 15 two-vector shuffles once per chunk step for the PB
@@ -371,8 +372,8 @@ static inline __attribute__((always_inline)) void bwd_part(
                 g[i][j] += dlast_b[end_id[t] * dlast_seq + j * NS + n0 + i];
         const vf x = vload(T.tu + k * W), dlv = vload(T.tdl + k * W), dy = vload(T.tdy + k * W), dlx = dlv * x;
         const int rs = reset[t];
-        const vf* hp = rs ? zeros_ns : H + k * SLAB - s0;                           /* h_{t-1} (0 at a start) */
-        const vf* ak = Ab + k * SLAB - s0;                                          /* H, Ab hold entries s0 .. */
+        const vf* hp = rs ? zeros_ns : H + k * SLAB;                                /* h_{t-1} (0 at a start) */
+        const vf* ak = Ab + k * SLAB;                                               /* H, Ab: entries s0 .. */
         vf* bk = aB + k * NS;
         const float* Bt = Bb + t * NS;
         const float* Ct = Cb + t * NS;
@@ -382,8 +383,8 @@ static inline __attribute__((always_inline)) void bwd_part(
             const int n = n0 + i;
             const float Bn = Bt[n], Cn = Ct[n];
             const vf gn = g[i] + dy * Cn;                                           /* g_t */
-            const vf ga = gn * ak[n];                                               /* g_{t-1} before a reset */
-            const vf gah = ga * hp[n];                                              /* g a h_{t-1} */
+            const vf ga = gn * ak[n - s0];                                          /* g_{t-1} before a reset */
+            const vf gah = ga * hp[n - s0];                                         /* g a h_{t-1} */
             pdA += gah * Av[n];
             dA[i] += gah * dlv;
             pb += gn * Bn;
@@ -497,16 +498,16 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                             if (z) PREFETCH_ROWS(z + r0 * L, L, t0 - K, k, 0);      /* du, ddelta, dz: streamed out */
                         }
                         const vf dlv = vload(tdl + k * W), dlx = dlv * vload(tu + k * W), dy = vload(tdy + k * W);
-                        const vf* hp = reset[t] ? zeros_ns : H + k * SLAB - s0;      /* h_{t-1} = 0 at a start */
-                        vf* hk = H + (k + 1) * SLAB - s0;
-                        vf* ak = Ab + k * SLAB - s0;
+                        const vf* hp = reset[t] ? zeros_ns : H + k * SLAB;           /* h_{t-1} = 0 at a start */
+                        vf* hk = H + (k + 1) * SLAB;                                 /* entry n at [n - s0] */
+                        vf* ak = Ab + k * SLAB;
                         vf* ck = accC + ((gc - gC0) * K + k) * NS;
                         vf p0 = s0 == 0 ? Dd * vload(tu + k * W) : (z ? vload(tdz + k * W) : (vf){}), p1 = (vf){};
                         for (int n = s0; n < s0 + SLAB; n += 2) {
                             const vf a0 = vexp(dlv * Av[n]), a1 = vexp(dlv * Av[n + 1]);
-                            ak[n] = a0; ak[n + 1] = a1;
-                            const vf h0 = a0 * hp[n] + dlx * Bb[t * NS + n], h1 = a1 * hp[n + 1] + dlx * Bb[t * NS + n + 1];
-                            hk[n] = h0; hk[n + 1] = h1;
+                            ak[n - s0] = a0; ak[n - s0 + 1] = a1;
+                            const vf h0 = a0 * hp[n - s0] + dlx * Bb[t * NS + n], h1 = a1 * hp[n - s0 + 1] + dlx * Bb[t * NS + n + 1];
+                            hk[n - s0] = h0; hk[n - s0 + 1] = h1;
                             ck[n] += dy * h0; ck[n + 1] += dy * h1;                  /* dC_t[n], lane-wise */
                             p0 += Cb[t * NS + n] * h0; p1 += Cb[t * NS + n + 1] * h1;
                         }
