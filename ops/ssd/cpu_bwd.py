@@ -29,28 +29,30 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu_grad
+from . import cpu_ds, cpu_grad
 from .cpu import ChunkBlock, SSDChunks, stack_groups
-from .cpu_passing import pass_bwd
+from .cpu_passing import pass_bwd, state_dot
 
 __all__ = ["ssd_chunked_backward"]
 
 
-def _inter_and_passing(b: ChunkBlock, Hb, dyb, dfin_t, carry, dinit_t):
-    """Inter-chunk and passing gradients of one block. Hb: (G, S, K, N, R, P) entering states;
-    carry: gradient of the state entering chunk c1 (None at the end). Returns dC parts per group
+def _inter_and_passing(b: ChunkBlock, Hts, dyb, dfin_t, carry, dinit_t):
+    """Inter-chunk and passing gradients of one block. Hts: (G, S, Cs, N, R, P) states entering each chunk
+    (the block's are b.c0 .. b.c1 - 1); carry: gradient of the state entering chunk c1 (None at the end).
+    Returns dC parts per group
     (S*K, Q, N), dSt (G, S, K, N, R, P) = gradients of the states leaving each chunk, ds_end
     (S, K, H) and the new carry (gradient of the state entering chunk c0)."""
     k = b.k
     G, R, P, N = k.G, k.R, k.P, k.N
     S, K, Q = dyb.shape[:3]
     dZ = dyb * b.e[..., None]                                                        # (S, K, Q, H, P)
+    Hb = Hts[:, :, b.c0:b.c1]
     dHt = Hb.new_empty(G, S, K, N, R * P)
     dC_parts = []
     for g in range(G):
         Hg, Cg, dZg = b.state_mats(Hb, g), b.group(b.Cq, g), b.group(dZ, g)         # (S*K, N, RP), (S*K, Q, .)
         dC_parts.append(torch.bmm(Hg, dZg.transpose(1, 2)).transpose(1, 2))         # (S*K, Q, N) = (H dZ')'
-        dHt[g] = torch.bmm(Cg.transpose(1, 2), dZg).view(S, K, N, R * P)
+        torch.bmm(Cg.transpose(1, 2), dZg, out=dHt[g].view(S * K, N, R * P))            # in place: no copy
     del dZ
     dHt = dHt.view(G, S, K, N, R, P)
     dSt = torch.empty_like(dHt)
@@ -60,7 +62,7 @@ def _inter_and_passing(b: ChunkBlock, Hb, dyb, dfin_t, carry, dinit_t):
         pass_bwd(b.dec4, dHt, dSt, carry, ca - b.c0, cb - b.c0)
         if k.first[ca] and dinit_t is not None:
             k.state_slot(dinit_t, ca).copy_(carry)
-    ds_end = torch.linalg.vecdot(Hb, dSt).sum(3).mul_(b.dec[:, :, :, 0, :, 0])     # (G, S, K, R)
+    ds_end = state_dot(Hts, dSt, b.dec4, b.c0)                                      # (G, S, K, R)
     ds_end = ds_end.permute(1, 2, 0, 3).reshape(S, K, k.H)
     return dC_parts, dSt, ds_end, carry
 
@@ -88,11 +90,7 @@ def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, ypre
     for c0, c1 in reversed(k.blocks()):
         b = k.block(c0, c1)
         dyb = dyq[:, c0:c1]
-        dC_parts, dSt, ds_end, carry = _inter_and_passing(b, Hts[:, :, c0:c1], dyb, dfin_t, carry, dinit_t)
-        yss = ypq[:, c0:c1] if k.D is None else ypq[:, c0:c1] - b.xq * k.D           # Y_inter + Y_intra
-        ds = torch.linalg.vecdot(dyb, yss)                                          # (S, K, Q, H)
-        del yss
-
+        dC_parts, dSt, ds_end, carry = _inter_and_passing(b, Hts, dyb, dfin_t, carry, dinit_t)
         # chunk states: U = B dS', dB += (w Xdt) dS'
         xw = b.xw()                                                                  # (S, K, Q, H, P)
         U_parts, dB_parts = [], []
@@ -103,11 +101,18 @@ def ssd_chunked_backward(k: SSDChunks, Hts: torch.Tensor, dy: torch.Tensor, ypre
         del dSt
         dxdt = stack_groups(U_parts, 2).view(S, c1 - c0, Q, H, P)
         del U_parts
-        t = (dxdt * xw).sum(-1)                                                      # (S, K, Q, H)
+        # ds_i = dY_i . (y_pre_i - D x_i) - t_i with t_i = U_i . xw_i, and dXdt = w U: one C pass (cpu_ds.py), or torch
+        fused = cpu_ds.block_ds(dxdt, xw, b.w, dyq, ypq, k.xq, k.D, c0)
+        if fused is not None:
+            ds, t = fused                                                            # (S, K, Q, H) each
+        else:
+            yss = ypq[:, c0:c1] if k.D is None else ypq[:, c0:c1] - b.xq * k.D       # Y_inter + Y_intra
+            t = (dxdt * xw).sum(-1)
+            ds = torch.linalg.vecdot(dyb, yss) - t
+            del yss
+            dxdt.mul_(b.w[..., None])
         del xw
-        ds -= t
         ds_end += t.sum(2)
-        dxdt.mul_(b.w[..., None])
 
         # intra-chunk (head-major)
         L = b.decay_mask()                                                           # (S, K, H, Q, Q)

@@ -19,7 +19,7 @@ import torch
 
 from .._cpu_jit import CKernel, I64, PTR, ptr
 
-__all__ = ["pass_fwd", "pass_bwd"]
+__all__ = ["pass_fwd", "pass_bwd", "state_dot"]
 
 _C_SOURCE = r"""
 #define PAR_MIN 65536
@@ -69,17 +69,41 @@ void ssd_pass_bwd_##SUF(const TY* dec, TY* dHt, TY* dSt, TY* carry, int64_t rows
             }                                                                                     \
         }                                                                                         \
 }
+/* Hts: (rows, Csf, N*R*P), block chunk j at column hoff + j; dSt: (rows, Kb, N*R*P); dec, out: (rows, Kb, R):
+   out = dec * sum over n, p of H dS, per row, chunk and head (one pass, no (N, R, P) product) */
+#define DEF_DOT(TY, SUF)                                                                          \
+void ssd_state_dot_##SUF(const TY* Hts, const TY* dSt, const TY* dec, TY* out, int64_t rows,      \
+                         int64_t Kb, int64_t Csf, int64_t hoff, int64_t N, int64_t R, int64_t P) { \
+    int64_t RP = R * P, NRP = N * RP;                                                             \
+    _Pragma("omp parallel for collapse(3) schedule(static) if (rows * Kb * NRP > PAR_MIN)")       \
+    for (int64_t a = 0; a < rows; ++a)                                                            \
+        for (int64_t j = 0; j < Kb; ++j)                                                          \
+            for (int64_t r = 0; r < R; ++r) {                                                     \
+                const TY* h = Hts + (a * Csf + hoff + j) * NRP + r * P;                           \
+                const TY* ds = dSt + (a * Kb + j) * NRP + r * P;                                  \
+                TY acc = 0;                                                                       \
+                for (int64_t n = 0; n < N; ++n) {                                                 \
+                    _Pragma("omp simd reduction(+:acc)")                                          \
+                    for (int64_t p = 0; p < P; ++p) acc += h[n * RP + p] * ds[n * RP + p];        \
+                }                                                                                 \
+                out[(a * Kb + j) * R + r] = dec[(a * Kb + j) * R + r] * acc;                      \
+            }                                                                                     \
+}
 DEF_FWD(float, f32)
 DEF_FWD(double, f64)
 DEF_BWD(float, f32)
 DEF_BWD(double, f64)
+DEF_DOT(float, f32)
+DEF_DOT(double, f64)
 """
 
 _FWD_ARGS = [PTR, PTR, PTR, PTR] + [I64] * 9
 _BWD_ARGS = [PTR, PTR, PTR, PTR] + [I64] * 7
+_DOT_ARGS = [PTR, PTR, PTR, PTR] + [I64] * 7
 KERNEL = CKernel("ssd_passing", _C_SOURCE, {
     "ssd_pass_fwd_f32": _FWD_ARGS, "ssd_pass_fwd_f64": _FWD_ARGS,
     "ssd_pass_bwd_f32": _BWD_ARGS, "ssd_pass_bwd_f64": _BWD_ARGS,
+    "ssd_state_dot_f32": _DOT_ARGS, "ssd_state_dot_f64": _DOT_ARGS,
 })
 
 
@@ -114,3 +138,16 @@ def pass_bwd(dec, dHt, dSt, carry, j0: int, j1: int) -> None:
             carry.copy_(dHt[:, :, j].addcmul_(carry, d[:, :, j]))
         return
     getattr(lib, "ssd_pass_bwd_" + _suffix(dHt))(ptr(dec), ptr(dHt), ptr(dSt), ptr(carry), G * S, K, j0, j1, N, R, P)
+
+
+def state_dot(Hts, dSt, dec, c0: int) -> torch.Tensor:
+    """ds_end (G, S, K, R) = dec * <H_c, dS_c> over (N, P) per head: Hts (G, S, Cs, N, R, P) read at chunks
+    c0 .. c0 + K - 1; dSt (G, S, K, N, R, P); dec (G, S, K, R)."""
+    G, S, K, N, R, P = dSt.shape
+    lib = KERNEL.load_for(Hts, dSt, dec)
+    if lib is None:
+        return torch.linalg.vecdot(Hts[:, :, c0:c0 + K], dSt).sum(3).mul_(dec)
+    out = dec.new_empty(G, S, K, R)
+    getattr(lib, "ssd_state_dot_" + _suffix(dSt))(ptr(Hts), ptr(dSt), ptr(dec), ptr(out), G * S, K, Hts.shape[2],
+                                                 c0, N, R, P)
+    return out

@@ -106,11 +106,12 @@ BLOCK_CASES = [
 
 
 def _loops(kind, monkeypatch):
-    """Chunk-state passing, the intra-chunk matrices, the block outputs, the gate's backward and the
-    input gradients through their fused C loops (skipped without a compiler) or their torch fallbacks."""
-    from parazoo.ops.ssd import cpu_decay, cpu_grad, cpu_output, cpu_passing
+    """Chunk-state passing, the intra-chunk matrices, the block outputs, the gate's backward, the
+    backward's per-token sums (ds) and the input gradients through their fused C loops (skipped without a
+    compiler) or their torch fallbacks."""
+    from parazoo.ops.ssd import cpu_decay, cpu_ds, cpu_grad, cpu_output, cpu_passing
 
-    use_cpu_path(kind, monkeypatch, *(m.KERNEL for m in (cpu_passing, cpu_decay, cpu_output, cpu_grad)))
+    use_cpu_path(kind, monkeypatch, *(m.KERNEL for m in (cpu_passing, cpu_decay, cpu_output, cpu_ds, cpu_grad)))
 
 
 @pytest.mark.parametrize("loops", ["c", "torch"])
