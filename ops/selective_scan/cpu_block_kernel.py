@@ -495,6 +495,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         if (s0 == 0 && c > 0 && (k & 48) < K) {                      /* the previous chunk's rows */
                             PREFETCH_ROWS(u + r0 * L, L, t0 - K, k, 0); PREFETCH_ROWS(delta + r0 * L, L, t0 - K, k, 0);
                             if (dsl == 1) PREFETCH_ROWS(dorow, dsd, t0 - K, k, 0);
+                            else if (dsd == 1) __builtin_prefetch(dorow + (t0 - K + k) * dsl, 0);  /* channel-last: a line per step */
                             if (z) PREFETCH_ROWS(z + r0 * L, L, t0 - K, k, 0);      /* du, ddelta, dz: streamed out */
                         }
                         const vf dlv = vload(tdl + k * W), dlx = dlv * vload(tu + k * W), dy = vload(tdy + k * W);
