@@ -15,7 +15,7 @@ exponents below EXP_FLOOR are floored there (exp of -inf or into denormals is ~1
 Fused C loops, each with a torch fallback: the forward's intra-chunk matrix C B^T * L * dt'_j
 (+ D on the diagonal), so that the intra-chunk output is one matmul with x (cpu_decay.py); the state
 passing (cpu_passing.py); the block's output exp(s_i) Z + Y_intra gated by silu(z), and the gate's
-backward (cpu_output.py).
+backward (cpu_output.py); the backward's per-token sums and input gradients (cpu_ds.py, cpu_grad.py).
 Layouts (no per-head copies of B and C):
 * intra-chunk: head-major (.., H, Q, Q) masks times (.., H, Q, P) inputs, one batched matmul;
 * states, inter-chunk and their gradients: token layout with the heads in the matmul's column

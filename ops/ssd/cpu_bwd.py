@@ -19,9 +19,11 @@ Given dY and the gradient of the final states, with U = B dS_c' and dM = dY Xdt'
     inputs:  dx = dt' dXdt + D dY;  dD = sum x dY;  d dt' = sum_p x dXdt + A da;  dA = sum dt' da,
              da = reverse cumulative sum of ds within the chunk
 
-Blocks of chunks run in reverse order; a loop over the block's chunks (never over time; one C call, cpu_passing.py) carries the
-state gradient; dx, d dt' and dD come out of one C pass per block (cpu_grad.py; torch fallback);
-everything else is the forward's batched matmuls transposed, in the same layouts (B and C never
+Blocks of chunks run in reverse order; a loop over the block's chunks (never over time; one C call,
+cpu_passing.py) carries the state gradient, and ds_end = exp(s_end) <H_c, dS_c> is one more C pass there
+(state_dot); the per-token sums of ds, t and the w scale of U are one C pass per block (cpu_ds.py); dx,
+d dt' and dD come out of one C pass per block (cpu_grad.py); each with a torch fallback. Everything else
+is the forward's batched matmuls transposed, in the same layouts (B and C never
 expanded per head). The (Q, N) products dC += dZ H_c and dB += (w Xdt) dS_c' contract over R*P: they
 are computed as the transposes of (N, Q) products, a GEMM shape MKL runs ~25% faster here.
 """
@@ -39,9 +41,8 @@ __all__ = ["ssd_chunked_backward"]
 def _inter_and_passing(b: ChunkBlock, Hts, dyb, dfin_t, carry, dinit_t):
     """Inter-chunk and passing gradients of one block. Hts: (G, S, Cs, N, R, P) states entering each chunk
     (the block's are b.c0 .. b.c1 - 1); carry: gradient of the state entering chunk c1 (None at the end).
-    Returns dC parts per group
-    (S*K, Q, N), dSt (G, S, K, N, R, P) = gradients of the states leaving each chunk, ds_end
-    (S, K, H) and the new carry (gradient of the state entering chunk c0)."""
+    Returns dC parts per group (S*K, Q, N), dSt (G, S, K, N, R, P) = gradients of the states leaving each
+    chunk, ds_end (S, K, H) and the new carry (gradient of the state entering chunk c0)."""
     k = b.k
     G, R, P, N = k.G, k.R, k.P, k.N
     S, K, Q = dyb.shape[:3]

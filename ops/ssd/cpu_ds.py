@@ -1,5 +1,5 @@
 """The SSD backward's per-token sums over the head channel p, for one block of chunks, as one fused C
-loop (ops/_cpu_jit), with False returned where the caller keeps its torch path (no compiler, CUDA
+loop (ops/_cpu_jit), with None returned where the caller keeps its torch path (no compiler, CUDA
 tensors, other dtypes, strided inputs).
 
 With U = B dS_c' (the state gradient brought back to the tokens, before the decay w), xw = w dt' x

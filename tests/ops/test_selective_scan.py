@@ -159,9 +159,10 @@ def _uses_blocked_kernel(case, dtype):
     return cpu._blocked(u, A, torch.empty(b, G or 1, N, L), torch.empty(b, GC or 1, N, L), dtype) is not None
 
 
-def test_blocked_cases_run_the_blocked_kernel():
+def test_blocked_cases_run_the_blocked_kernel(monkeypatch):
     """The cases above that should exercise the channel-blocked kernels really do (a silent
-    fallback to the row kernels would leave them untested)."""
+    fallback to the row kernels would leave them untested); USE_BLOCKED = False (the bench's
+    cpu-rows backend) turns them off."""
     if cpu_block_kernel.BLK_LIB.load() is None:
         pytest.skip("the channel-blocked kernels do not compile here (gcc < 12?)")
     for name in ("T70_N16_blocked_groups_differ", "T5_N16_blocked_plain", "T192_N16_blocked_streamed",
@@ -172,6 +173,8 @@ def test_blocked_cases_run_the_blocked_kernel():
     # beyond MAX_NS the row kernels run
     assert _uses_blocked_kernel((1, 16, 5, cpu_block_kernel.MAX_NS, None, None), torch.float32)
     assert not _uses_blocked_kernel((1, 16, 5, cpu_block_kernel.MAX_NS + 1, None, None), torch.float32)
+    monkeypatch.setattr(cpu, "USE_BLOCKED", False)
+    assert not _uses_blocked_kernel(BIG_CASES["T5_N16_blocked_plain"], torch.float32)
 
 
 def test_blocked_kernel_exp_is_within_2_ulp():
