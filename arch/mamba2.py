@@ -162,7 +162,7 @@ class Mamba2(nn.Module):
         conv_state = state["conv_state"].to(xbc.dtype).clone()                # updated in place
         xc = causal_conv1d_update(xbc, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         xs, Bm, Cm = self._split_xbc(xc)                                      # (B, d_inner), (B, G N) x2
-        h = state["ssm_state"].clone()                                        # (B, H, P, N), updated in place
+        h = state["ssm_state"].clone(memory_format=torch.contiguous_format)   # (B, H, P, N), updated in place
         A, D, dt_bias = (v.repeat_interleave(P, dim=-1) for v in self._ssm_params())  # (H,) -> (H*P,)
         y = selective_state_update(h.view(Bsz, H * P, N), xs, dt.repeat_interleave(P, dim=-1),
                                    A[:, None].expand(H * P, N), Bm.reshape(Bsz, G, N), Cm.reshape(Bsz, G, N),

@@ -161,5 +161,6 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         y, new_state = selective_state_update_reference(old, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     else:
         y, new_state = state_update_step(old, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend)
-    state.copy_(new_state)
+    if new_state is not state:                      # the fused CPU loop has written it in place already
+        state.copy_(new_state)
     return y

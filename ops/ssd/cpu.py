@@ -112,8 +112,8 @@ class SSDChunks:
         return st.reshape(st.shape[0], self.G, self.R, self.P, self.N).permute(1, 0, 4, 2, 3)
 
     def state_untransposed(self, st: torch.Tensor) -> torch.Tensor:
-        """(G, n, N, R, P) -> (n, H, P, N) contiguous."""
-        return st.permute(1, 0, 3, 4, 2).reshape(st.shape[1], self.H, self.P, self.N)
+        """(G, n, N, R, P) -> (n, H, P, N) contiguous (reshape alone keeps a view where G = 1, N outermost)."""
+        return st.permute(1, 0, 3, 4, 2).reshape(st.shape[1], self.H, self.P, self.N).contiguous()
 
 
 class ChunkBlock:

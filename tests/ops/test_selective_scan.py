@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from parazoo.ops import selective_scan, selective_state_update
-from parazoo.ops.selective_scan import cpu, cpu_block_kernel, cpu_kernel, selective_scan_reference
+from parazoo.ops.selective_scan import cpu, cpu_block_kernel, cpu_kernel, cpu_update, selective_scan_reference
 from parazoo.ops.testing import assert_close, use_cpu_path
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -22,7 +22,8 @@ def _use_path(name, request, monkeypatch):
     if name == "triton":
         request.getfixturevalue("triton_interpreter")
         return "triton"
-    use_cpu_path("torch" if name == "cpu_torch" else "c", monkeypatch, cpu_kernel.LIB, cpu_block_kernel.BLK_LIB)
+    use_cpu_path("torch" if name == "cpu_torch" else "c", monkeypatch, cpu_kernel.LIB, cpu_block_kernel.BLK_LIB,
+                 cpu_update.KERNEL)
     return "cpu"
 
 
@@ -374,6 +375,42 @@ def test_state_update_is_one_scan_step_and_iterates_to_the_scan(backend, grouped
             one = {k: (v[..., :1] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
             assert_close(y_t, selective_scan(**one, delta_softplus=True, backend=backend)[..., 0], name="T=1 scan")
     assert_close(state, last, name="state after L steps (updated in place)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["per_entry_A", "per_row_A_groups_differ", "no_z_no_softplus", "bf16_x"])
+def test_fused_cpu_state_update_matches_reference(case, dtype, monkeypatch):
+    """The fused C step (no gradient, contiguous state of the compute dtype) runs, updates the state in
+    place and equals the torch step: A per entry, or expanded over N (one decay per row, Mamba-2's per-head
+    A), B and C with different group counts, without z / softplus / bias / D, and bf16 inputs."""
+    if cpu_update.KERNEL.load() is None:
+        pytest.skip("no C compiler")
+    from parazoo.ops.selective_scan import state_update
+    from parazoo.ops.selective_scan.reference import selective_state_update_reference as ref
+
+    def not_called(*a, **k):
+        raise AssertionError("the torch step ran instead of the fused loop")
+
+    g = torch.Generator().manual_seed(7)
+    b, d, N = 3, 12, 7
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    st = r(b, d, N).to(dtype)
+    low = torch.bfloat16 if case == "bf16_x" else dtype
+    x, dt, z, D, bias = (t.to(low) for t in (r(b, d), r(b, d), r(b, d), r(d), r(d)))
+    A = -torch.rand(d, N, generator=g, dtype=torch.float64).to(dtype)
+    B, C = r(b, 2, N).to(low), r(b, 2, N).to(low)
+    if case == "per_row_A_groups_differ":
+        A, C = A[:, :1].expand(d, N), r(b, 3, N).to(low)
+    kw = dict(D=D, z=z, dt_bias=bias, dt_softplus=True)
+    if case == "no_z_no_softplus":
+        kw, dt = dict(), dt.abs()
+    ey, est = ref(st, x, dt, A, B, C, **kw)
+    monkeypatch.setattr(state_update, "selective_state_update_reference", not_called)
+    s2 = st.clone()
+    y = selective_state_update(s2, x, dt, A, B, C, backend="cpu", **kw)
+    assert y.dtype == x.dtype
+    assert_close(y, ey, dtype=low, name="y")
+    assert_close(s2, est.to(dtype), dtype=dtype, name="state (in place)")
 
 
 def test_state_update_gradients_match_reference():

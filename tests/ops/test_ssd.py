@@ -56,6 +56,7 @@ def check_against(actual, expected, dtype):
     assert y.dtype == dtype
     assert_close(y, ye, dtype=dtype, name="y")
     assert_close(f, fe, dtype=dtype, name="final_states")
+    assert f.is_contiguous(), "final_states (n, H, P, N) must be contiguous (decode steps update it in place)"
     for k in NAMES:
         if ge[k] is None:
             assert gr[k] is None
