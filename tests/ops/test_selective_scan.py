@@ -108,6 +108,8 @@ BIG_CASES = {
     "T150_N3_blocked_padded": (2, 32, 150, 3, 2, 1, True, True, True, True),
     # N = 32: two 16-entry groups per transpose, four 8-entry parts in the reverse pass
     "T70_N32_blocked": (1, 16, 70, 32, None, None, True, True, True, True),
+    # N = 250: padded to MAX_NS = 256, eight slabs of 32 in the backward
+    "T20_N250_blocked_max_state": (1, 16, 20, 250, None, None, True, True, True, True),
     "T257_N16_groups_differ": pytest.param((2, 6, 257, 16, 3, 1, True, True, False, True), marks=pytest.mark.slow),
 }
 
@@ -167,7 +169,7 @@ def test_blocked_cases_run_the_blocked_kernel(monkeypatch):
     if cpu_block_kernel.BLK_LIB.load() is None:
         pytest.skip("the channel-blocked kernels do not compile here (gcc < 12?)")
     for name in ("T70_N16_blocked_groups_differ", "T5_N16_blocked_plain", "T192_N16_blocked_streamed",
-                 "T150_N3_blocked_padded", "T70_N32_blocked"):
+                 "T150_N3_blocked_padded", "T70_N32_blocked", "T20_N250_blocked_max_state"):
         assert _uses_blocked_kernel(BIG_CASES[name], torch.float32), name
         assert not _uses_blocked_kernel(BIG_CASES[name], torch.float64), name
     assert not _uses_blocked_kernel(BIG_CASES["T63_N16_grouped"], torch.float32)
@@ -378,7 +380,7 @@ def test_state_update_is_one_scan_step_and_iterates_to_the_scan(backend, grouped
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", ["per_entry_A", "per_row_A_groups_differ", "no_z_no_softplus", "bf16_x"])
+@pytest.mark.parametrize("case", ["per_entry_A", "per_row_A_groups_differ", "no_z_no_softplus", "bf16_x", "threads"])
 def test_fused_cpu_state_update_matches_reference(case, dtype, monkeypatch):
     """The fused C step (no gradient, contiguous state of the compute dtype) runs, updates the state in
     place and equals the torch step: A per entry, or expanded over N (one decay per row, Mamba-2's per-head
@@ -392,7 +394,7 @@ def test_fused_cpu_state_update_matches_reference(case, dtype, monkeypatch):
         raise AssertionError("the torch step ran instead of the fused loop")
 
     g = torch.Generator().manual_seed(7)
-    b, d, N = 3, 12, 7
+    b, d, N = (2, 48, 700) if case == "threads" else (3, 12, 7)      # threads: more than 65536 entries, OpenMP-parallel
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     st = r(b, d, N).to(dtype)
     low = torch.bfloat16 if case == "bf16_x" else dtype
