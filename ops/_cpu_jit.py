@@ -43,14 +43,14 @@ _WARNED = set()
 _LOCK = threading.Lock()
 
 
-def ptr(t: torch.Tensor | None, strided: bool = False) -> int | None:
-    """Address of a contiguous CPU tensor's data (None passes NULL); ``strided``: any layout, for a
-    kernel that is also given the tensor's strides."""
+def ptr(t: torch.Tensor | None, strided: bool = False, offset: int = 0) -> int | None:
+    """Address of a contiguous CPU tensor's data (None passes NULL), ``offset`` elements in (e.g. a block's
+    first chunk in a full tensor); ``strided``: any layout, for a kernel that is also given the tensor's strides."""
     if t is None:
         return None
     if t.is_cuda or not (strided or t.is_contiguous()):
         raise ValueError("internal: C kernels need contiguous CPU tensors")
-    return t.data_ptr()
+    return t.data_ptr() + offset * t.element_size()
 
 
 def _compiler() -> str | None:

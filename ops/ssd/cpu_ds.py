@@ -78,11 +78,8 @@ def block_ds(U, xw, w, dy, yp, x, D, c0: int):
     S, K, Q, H, P = U.shape
     Cs = dy.shape[1]
     ds, t = w.new_empty(S, K, Q, H), w.new_empty(S, K, Q, H)
-
-    def at(a):                                                                      # chunk c0 of row 0
-        return a.data_ptr() + c0 * Q * H * P * a.element_size()
-
+    c = c0 * Q * H * P                                                              # chunk c0 of row 0
     fn = lib.ssd_ds_f64 if U.dtype == torch.float64 else lib.ssd_ds_f32
-    fn(ptr(U), ptr(xw), ptr(w), at(dy), at(yp), at(x), ptr(D), 0 if D is None else D.shape[1], ptr(ds), ptr(t),
-       S, K, Cs, Q, H, P, torch.get_num_threads())
+    fn(ptr(U), ptr(xw), ptr(w), ptr(dy, offset=c), ptr(yp, offset=c), ptr(x, offset=c), ptr(D),
+       0 if D is None else D.shape[1], ptr(ds), ptr(t), S, K, Cs, Q, H, P, torch.get_num_threads())
     return ds, t

@@ -93,15 +93,12 @@ def block_input_grads(dxdt, x, dy, dt, da, A, D, dx, ddt, dD, c0: int) -> bool:
     S, K, Q, H, P = dxdt.shape
     Cs = dx.shape[1]
     DP = 0 if D is None else D.shape[1]
-
-    def at(t, per_chunk):                                                           # chunk c0 of row 0
-        return t.data_ptr() + c0 * per_chunk * t.element_size()
-
+    c = c0 * Q * H                                                                  # chunk c0 of row 0, per channel
     # dD accumulates (H, DP): for D (H, 1), column 0 of a (H, P) accumulator would be strided, so add a (H, 1) sum
     acc = dD if DP == P or D is None else torch.zeros(H, 1, dtype=dD.dtype)
     fn = lib.ssd_grad_in_f64 if dxdt.dtype == torch.float64 else lib.ssd_grad_in_f32
-    fn(ptr(dxdt), at(x, Q * H * P), at(dy, Q * H * P), at(dt, Q * H), ptr(da), ptr(A), ptr(D), DP,
-       at(dx, Q * H * P), at(ddt, Q * H), ptr(acc) if D is not None else None, S, K, Cs, Q, H, P,
+    fn(ptr(dxdt), ptr(x, offset=c * P), ptr(dy, offset=c * P), ptr(dt, offset=c), ptr(da), ptr(A), ptr(D), DP,
+       ptr(dx, offset=c * P), ptr(ddt, offset=c), ptr(acc) if D is not None else None, S, K, Cs, Q, H, P,
        torch.get_num_threads())
     if acc is not dD:
         dD[:, 0] += acc[:, 0]

@@ -85,12 +85,10 @@ def block_output(Z: torch.Tensor, e: torch.Tensor, Yh: torch.Tensor, z: torch.Te
         return False
     S, K, Q, H, P = Z.shape
     Cs = y.shape[1]
-
-    def at(t):                                                                      # chunk c0 of row 0
-        return None if t is None else t.data_ptr() + c0 * Q * H * P * t.element_size()
-
+    c = c0 * Q * H * P                                                              # chunk c0 of row 0
     fn = lib.ssd_out_f64 if Z.dtype == torch.float64 else lib.ssd_out_f32
-    fn(ptr(Z), ptr(e), ptr(Yh), at(z), at(y), at(ypre), S, K, Cs, Q, H, P, torch.get_num_threads())
+    fn(ptr(Z), ptr(e), ptr(Yh), ptr(z, offset=c), ptr(y, offset=c), ptr(ypre, offset=c), S, K, Cs, Q, H, P,
+       torch.get_num_threads())
     return True
 
 
