@@ -124,6 +124,8 @@ def main(argv=None) -> int:
                 continue
             if backend == "triton" and args.device != "cuda":
                 continue  # Triton on CPU is the interpreter: a correctness tool, not a benchmark
+            if backend.startswith("cpu-") and args.device != "cpu":
+                continue  # variants of the CPU path (e.g. selective_scan's cpu-rows) time CPU tensors only
             slow_ref = backend == "reference" and case.slow_reference
             if slow_ref and args.quick:
                 continue
