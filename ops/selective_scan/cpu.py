@@ -2,7 +2,8 @@
 
 The C kernels do everything, pointwise parts included, in one pass over the inputs: the
 channel-blocked kernels of ``cpu_block_kernel`` (float32, N <= 256 padded to a multiple of 16, 16
-channels of one B/C group per vector) where they apply, else the per-row kernels of ``cpu_kernel``.
+channels of one B/C group per vector; the channels of each group padded to a multiple of 16 when they are
+not, see ``channel_plan``) where they apply, else the per-row kernels of ``cpu_kernel``.
 Without a compiler the pointwise parts run in torch (``_pointwise``) around the chunked-torch
 scan core (``cpu_torch``). Both keep checkpoints ckpt (batch, dim, n_chunks, N) = h just before
 each chunk. B, C arrive as (batch, G, N, L); h0 (batch, dim, N) or None is the state before
@@ -10,6 +11,8 @@ t = 0 (then ``seq_meta`` marks no reset at t = 0). float16/bfloat16 inputs are c
 float32; float64 stays float64.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -41,15 +44,59 @@ USE_BLOCKED = True
 
 
 def _blocked(u, A, B, C, dt):
-    """The channel-blocked kernels apply: float32, N <= MAX_NS, every block of WIDTH channels inside one B and C
-    group. Returns (library, NS) with NS = N padded to a multiple of 16, or None."""
-    dim, N = u.shape[1], A.shape[1]
-    ok = USE_BLOCKED and dt == torch.float32 and 0 < N <= MAX_NS and all((dim // X.shape[1]) % WIDTH == 0 for X in (B, C))
-    if not ok:
+    """The channel-blocked kernels apply: float32, N <= MAX_NS, and every block of WIDTH channels inside one B
+    and C group, as they are or with the channels padded (see ``channel_plan``). Returns (library, NS, plan)
+    with NS = N padded to a multiple of 16, or None."""
+    N = A.shape[1]
+    if not (USE_BLOCKED and dt == torch.float32 and 0 < N <= MAX_NS):
+        return None
+    plan = channel_plan(u.shape[1], B.shape[1], C.shape[1])
+    if plan is False:
         return None
     ns = padded_state(N)
     lib = blk_lib(ns).load()
-    return None if lib is None else (lib, ns)
+    return None if lib is None else (lib, ns, plan)
+
+
+# the channel padding may add at most this fraction of work; beyond it the row kernels are faster (b1 L2048
+# N16, 2 threads: dim 24 padded to 32 ran 1.4-1.5x faster than the row kernels, dim 8 padded to 16 0.9x)
+MAX_CHANNEL_PAD = 1.5
+
+
+def channel_plan(dim: int, GB: int, GC: int):
+    """How the channels are padded so that every block of WIDTH channels lies inside one B and one C group.
+
+    The dim channels split into G = lcm(GB, GC) runs of dg = dim / G channels, each run inside one B and
+    one C group; each run is zero-padded to dgp channels, dg rounded up to a multiple of WIDTH. Pad
+    channels have u = z = 0, A = D = delta_bias = 0 and h0 = 0, so their state stays 0, they add nothing
+    to dB and dC, and their outputs are dropped. Returns None when every run is already a multiple of
+    WIDTH, (G, dg, dgp) when it is padded, False when the padding would add more than MAX_CHANNEL_PAD
+    times the work (the row kernels run then).
+    """
+    G = math.lcm(GB, GC)
+    dg = dim // G
+    dgp = -(-dg // WIDTH) * WIDTH
+    if dgp == dg:
+        return None
+    return (G, dg, dgp) if dgp <= MAX_CHANNEL_PAD * dg else False
+
+
+def _pad_ch(t, plan, ax):
+    """t with its channel axis ax padded by ``plan`` (None and an unpadded plan leave t as it is)."""
+    if t is None or plan is None:
+        return t
+    G, dg, dgp = plan
+    out = t.new_zeros(*t.shape[:ax], G, dgp, *t.shape[ax + 1:])
+    out.narrow(ax + 1, 0, dg).copy_(t.unflatten(ax, (G, dg)))
+    return out.flatten(ax, ax + 1)
+
+
+def _unpad_ch(t, plan, ax):
+    """The inverse of ``_pad_ch``: the real channels of t, contiguous."""
+    if t is None or plan is None:
+        return t
+    G, dg, dgp = plan
+    return t.unflatten(ax, (G, dgp)).narrow(ax + 1, 0, dg).flatten(ax, ax + 1)
 
 
 def _pad_n(t, ns):
@@ -74,21 +121,30 @@ def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id
     batch, dim, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
     u_, dl_, A_, D_, z_, db_, h0_ = (_c(t, dt) for t in (u, delta, A, D, z, delta_bias, h0))
+    nck = -(-L // CHUNK)
+    blk = _blocked(u, A, B, C, dt)
+    if blk is not None:                                                # state padded to ns entries, channels by plan
+        blk, ns, plan = blk
+        u_, dl_, z_, h0_ = (_pad_ch(t, plan, 1) for t in (u_, dl_, z_, h0_))
+        A_, D_, db_ = (_pad_ch(t, plan, 0) for t in (A_, D_, db_))
+        dimp = u_.shape[1]                                             # the kernels' channel count
+        Bt, Ct = (_state_rows(X, dt, ns) for X in (B, C))             # (b, G, L, ns), alive across the call
+        Ap, h0p = _pad_n(A_, ns), _pad_n(h0_, ns)                     # named: alive across the call
+        y = torch.empty(batch, dimp, L, dtype=dt)
+        last = torch.zeros(batch, nseq, dimp, ns, dtype=dt)
+        ckpt = torch.empty(batch, dimp, nck, ns, dtype=dt) if need_ckpt else torch.empty(0, dtype=dt)
+        blk.ss_fwd_blk_f32(ptr(u_), ptr(dl_), ptr(Ap), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
+                           ptr(h0p), ptr(reset), ptr(end_id), ptr(y), ptr(last),
+                           ptr(ckpt) if need_ckpt else None,
+                           batch, dimp, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
+        # the last states and checkpoints keep dim channels and N entries (the op's contract): the backward pads
+        # them again
+        last = _unpad_ch(last[..., :N], plan, 2).contiguous()
+        ckpt = _unpad_ch(ckpt[..., :N], plan, 1).contiguous() if need_ckpt else ckpt
+        return _unpad_ch(y, plan, 1), last, ckpt
     y = torch.empty(batch, dim, L, dtype=dt)
     last = torch.zeros(batch, nseq, dim, N, dtype=dt)
-    ckpt = torch.empty(batch, dim, -(-L // CHUNK), N, dtype=dt) if need_ckpt else torch.empty(0, dtype=dt)
-    blk = _blocked(u, A, B, C, dt)
-    if blk is not None:                                                # state padded to ns entries
-        blk, ns = blk
-        Bt, Ct = (_state_rows(X, dt, ns) for X in (B, C))             # (b, G, L, ns), alive across the call
-        Ap, h0p, last_ = _pad_n(A_, ns), _pad_n(h0_, ns), _pad_n(last, ns)   # named: alive across the call
-        ckpt_ = _pad_n(ckpt, ns) if need_ckpt else ckpt
-        blk.ss_fwd_blk_f32(ptr(u_), ptr(dl_), ptr(Ap), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
-                           ptr(h0p), ptr(reset), ptr(end_id), ptr(y), ptr(last_),
-                           ptr(ckpt_) if need_ckpt else None,
-                           batch, dim, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
-        # the checkpoints keep N entries (the op's contract): the backward pads them again
-        return y, last_[..., :N].contiguous(), ckpt_[..., :N].contiguous() if need_ckpt else ckpt
+    ckpt = torch.empty(batch, dim, nck, N, dtype=dt) if need_ckpt else torch.empty(0, dtype=dt)
     Bt, Ct = (_c(X.transpose(-1, -2), dt) for X in (B, C))            # (b, G, L, N), alive across the call
     getattr(lib, "ss_fwd_f64" if dt == torch.float64 else "ss_fwd_f32")(
         ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(h0_), ptr(reset), ptr(end_id),
@@ -102,27 +158,37 @@ def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, 
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
     u_, dl_, A_, D_, z_, db_ = (_c(t, dt) for t in (u, delta, A, D, z, delta_bias))
     blk = _blocked(u, A, B, C, dt)
-    ns = blk[1] if blk is not None else N                             # the kernels' state size
-    do_ = dout.to(dt) if blk is not None else _c(dout, dt)            # the blocked kernels read dout strided
-    ck, dlast_ = _pad_n(_c(ckpt, dt), ns), _pad_n(_c(dlast, dt), ns)
+    if blk is None:
+        ns, plan = N, None
+        do_, ck, dlast_ = _c(dout, dt), _c(ckpt, dt), _c(dlast, dt)
+    else:                                                              # state padded to ns entries, channels by plan
+        blk, ns, plan = blk
+        u_, dl_, z_ = (_pad_ch(t, plan, 1) for t in (u_, dl_, z_))
+        A_, D_, db_ = (_pad_ch(t, plan, 0) for t in (A_, D_, db_))
+        do_ = _pad_ch(dout.to(dt), plan, 1)                            # the blocked kernels read dout strided
+        ck = _pad_n(_pad_ch(_c(ckpt, dt), plan, 1), ns)
+        dlast_ = _pad_n(_pad_ch(_c(dlast, dt), plan, 1), ns)     # (b * nseq, dim, N)
+    dimp = u_.shape[1]
     du, ddelta = torch.empty_like(u_), torch.empty_like(u_)
-    dA = torch.empty(batch, dim, ns, dtype=dt)
+    dA = torch.empty(batch, dimp, ns, dtype=dt)
     dBt = torch.zeros(batch, GB, L, ns, dtype=dt)                     # (b, G, L, ns)
     dCt = torch.zeros(batch, GC, L, ns, dtype=dt)
-    dD = torch.empty(batch, dim, dtype=dt)
+    dD = torch.empty(batch, dimp, dtype=dt)
     dz = torch.empty_like(u_) if z is not None else None
-    dh0 = torch.empty(batch, dim, ns, dtype=dt) if h0 is not None else None
+    dh0 = torch.empty(batch, dimp, ns, dtype=dt) if h0 is not None else None
     Bt, Ct = (_state_rows(X, dt, ns) for X in (B, C))                 # (b, G, L, ns)
     ddb = None
     if blk is not None:                                                # d delta_bias summed per row in the kernel
-        ddb_rows = torch.empty(batch, dim, dtype=dt) if delta_bias is not None else None
+        ddb_rows = torch.empty(batch, dimp, dtype=dt) if delta_bias is not None else None
         Ap = _pad_n(A_, ns)                                             # named: alive across the call
-        blk[0].ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(Ap), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
-                              ptr(reset), ptr(end_id), ptr(ck), ptr(do_, strided=True), ptr(dlast_),
-                              ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0),
-                              ptr(ddb_rows), batch, dim, L, GB, GC, nseq, CHUNK, int(softplus),
-                              torch.get_num_threads(), *do_.stride())
-        ddb = ddb_rows.sum(0) if ddb_rows is not None else None
+        blk.ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(Ap), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
+                           ptr(reset), ptr(end_id), ptr(ck), ptr(do_, strided=True), ptr(dlast_),
+                           ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0),
+                           ptr(ddb_rows), batch, dimp, L, GB, GC, nseq, CHUNK, int(softplus),
+                           torch.get_num_threads(), *do_.stride())
+        ddb = _unpad_ch(ddb_rows.sum(0), plan, 0) if ddb_rows is not None else None
+        du, ddelta, dz, dD = (_unpad_ch(t, plan, 1) for t in (du, ddelta, dz, dD))
+        dA, dh0 = (_unpad_ch(t, plan, 1) for t in (dA, dh0))
     else:
         getattr(lib, "ss_bwd_f64" if dt == torch.float64 else "ss_bwd_f32")(
             ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(reset), ptr(end_id),

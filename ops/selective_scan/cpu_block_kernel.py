@@ -36,8 +36,9 @@ lane sums 5%; README, Benchmarks.) dout is read with its strides (channel-last w
 gradient of y.transpose(1, 2); an expanded scalar). du, ddelta, dz and the forward's checkpoints go
 out with non-temporal stores (see tile_out).
 
-Used when the compiler has ``__builtin_shufflevector`` (gcc >= 12, clang), the dtype is float32,
-N <= MAX_NS and dim // G is a multiple of 16 for B and C; otherwise ``cpu_kernel``'s row kernels run.
+Used when the compiler has ``__builtin_shufflevector`` (gcc >= 12, clang), the dtype is float32 and
+N <= MAX_NS; the caller (``cpu.channel_plan``) zero-pads the channels of each B/C group to a multiple of 16
+when they are not, up to 1.5x the work; otherwise ``cpu_kernel``'s row kernels run.
 Against those (b1 d1536 L2048, 2 threads, README): forward 3.4-5.8x, forward+backward 3.3-4.3x
 faster for N = 8 .. 256.
 """

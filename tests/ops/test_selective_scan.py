@@ -110,6 +110,10 @@ BIG_CASES = {
     "T70_N32_blocked": (1, 16, 70, 32, None, None, True, True, True, True),
     # N = 250: padded to MAX_NS = 256, eight slabs of 32 in the backward
     "T20_N250_blocked_max_state": (1, 16, 20, 250, None, None, True, True, True, True),
+    # channels not a multiple of 16 per group: the blocked kernels run on channels zero-padded per group
+    "T70_N16_channels_padded": (2, 56, 70, 16, 2, 1, True, True, True, True),
+    # B groups 2, C groups 3: 6 runs of 14 channels, each padded to 16 (and N 5 padded to 16)
+    "T130_N5_channels_padded_groups_differ": (2, 84, 130, 5, 2, 3, True, True, True, True),
     "T257_N16_groups_differ": pytest.param((2, 6, 257, 16, 3, 1, True, True, False, True), marks=pytest.mark.slow),
 }
 
@@ -169,15 +173,33 @@ def test_blocked_cases_run_the_blocked_kernel(monkeypatch):
     if cpu_block_kernel.BLK_LIB.load() is None:
         pytest.skip("the channel-blocked kernels do not compile here (gcc < 12?)")
     for name in ("T70_N16_blocked_groups_differ", "T5_N16_blocked_plain", "T192_N16_blocked_streamed",
-                 "T150_N3_blocked_padded", "T70_N32_blocked", "T20_N250_blocked_max_state"):
+                 "T150_N3_blocked_padded", "T70_N32_blocked", "T20_N250_blocked_max_state",
+                 "T70_N16_channels_padded", "T130_N5_channels_padded_groups_differ"):
         assert _uses_blocked_kernel(BIG_CASES[name], torch.float32), name
         assert not _uses_blocked_kernel(BIG_CASES[name], torch.float64), name
-    assert not _uses_blocked_kernel(BIG_CASES["T63_N16_grouped"], torch.float32)
+    assert not _uses_blocked_kernel(BIG_CASES["T63_N16_grouped"], torch.float32)   # 2 channels per group: too few
     # beyond MAX_NS the row kernels run
     assert _uses_blocked_kernel((1, 16, 5, cpu_block_kernel.MAX_NS, None, None), torch.float32)
     assert not _uses_blocked_kernel((1, 16, 5, cpu_block_kernel.MAX_NS + 1, None, None), torch.float32)
     monkeypatch.setattr(cpu, "USE_BLOCKED", False)
     assert not _uses_blocked_kernel(BIG_CASES["T5_N16_blocked_plain"], torch.float32)
+
+
+def test_channel_plan():
+    """Channels split into lcm(GB, GC) runs, each inside one B and one C group, each padded to a multiple
+    of 16; no plan when the runs are whole blocks, row kernels when padding would add over 1.5x the work."""
+    assert cpu.channel_plan(1536, 1, 1) is None
+    assert cpu.channel_plan(64, 2, 4) is None                       # runs of 16
+    assert cpu.channel_plan(200, 1, 1) == (1, 200, 208)
+    assert cpu.channel_plan(84, 2, 3) == (6, 14, 16)
+    assert cpu.channel_plan(24, 1, 1) == (1, 24, 32)                 # 1.33x the work
+    assert cpu.channel_plan(20, 1, 1) is False                      # 1.6x
+    assert cpu.channel_plan(8, 1, 1) is False                       # 2x
+    x = torch.arange(84.).view(1, 84, 1)
+    p = cpu._pad_ch(x, (6, 14, 16), 1)
+    assert p.shape == (1, 96, 1) and p.view(6, 16)[:, 14:].eq(0).all()
+    assert p.view(6, 16)[:, :14].flatten().equal(torch.arange(84.))
+    assert cpu._unpad_ch(p, (6, 14, 16), 1).equal(x)
 
 
 def test_blocked_kernel_exp_is_within_2_ulp():
@@ -213,11 +235,12 @@ def test_initial_state_matches_reference(backend, dtype, case):
     _check_case(backend, dtype, H0_CASES[case], h0=True)
 
 
-@pytest.mark.parametrize("N", [16, 7])
+@pytest.mark.parametrize("d,N", [(32, 16), (32, 7), (28, 7)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_initial_state_blocked_kernel(cpu_backend, dtype, N):
-    """N = 7: the initial state and d initial_state go through the padded state."""
-    _check_case(cpu_backend, dtype, (2, 32, 40, N, 2, None, True, True, True, True), h0=True)
+def test_initial_state_blocked_kernel(cpu_backend, dtype, d, N):
+    """N = 7: the initial state and d initial_state go through the padded state; d = 28 (two B groups of 14
+    channels) through the padded channels too."""
+    _check_case(cpu_backend, dtype, (2, d, 40, N, 2, None, True, True, True, True), h0=True)
 
 
 def test_initial_state_continues_a_split_scan(backend):
@@ -312,12 +335,12 @@ def test_cu_seqlens_packed_equals_separate(backend):
         assert_close(a, e, name=f"d{k} packed vs separate")
 
 
-@pytest.mark.parametrize("N", [16, 9])
-def test_cu_seqlens_blocked_kernel(cpu_backend, N):
+@pytest.mark.parametrize("d,N", [(16, 16), (16, 9), (13, 9)])
+def test_cu_seqlens_blocked_kernel(cpu_backend, d, N):
     """Packed sequences on the channel-blocked kernels (float32, 16 channels), forward and gradients; N = 9
-    runs padded to 16 (the per-sequence last states and their gradients too)."""
+    runs padded to 16 (the per-sequence last states and their gradients too), d = 13 padded to 16."""
     cu = torch.tensor([0, 5, 5, 75, 76, 90], dtype=torch.int32)
-    inputs = _inputs(1, 16, 90, N, G=1, dtype=torch.float32)
+    inputs = _inputs(1, d, 90, N, G=1, dtype=torch.float32)
     _compare(_run(inputs, cpu_backend, True, cu_seqlens=cu), _run(inputs, "reference", True, cu_seqlens=cu, cast=torch.float64),
              torch.float32)
 
@@ -339,12 +362,13 @@ def test_gradients_through_one_output_only(backend, which):
         assert_close(zero if a is None else a, zero if e is None else e, name=f"d{name}")
 
 
+@pytest.mark.parametrize("d", [32, 30])
 @pytest.mark.parametrize("layout", ["channel_last", "expanded", "strided_L"])
-def test_backward_reads_a_strided_output_gradient(cpu_backend, layout):
+def test_backward_reads_a_strided_output_gradient(cpu_backend, layout, d):
     """dy arrives as the model makes it: channel-last (the gradient of y.transpose(1, 2) before an
     output projection), an expanded scalar (y.sum()) or strided in time; the blocked kernels read
-    it in place. Gradients equal those of the same dy made contiguous."""
-    b, d, L, N = 2, 32, 70, 16
+    it in place (d = 30: padded to 32 channels first). Gradients equal those of the same dy made contiguous."""
+    b, L, N = 2, 70, 16
     inputs = _inputs(b, d, L, N, G=1, dtype=torch.float32)
     leaves = [v for v in inputs.values() if v is not None]
     g = torch.Generator().manual_seed(4)
@@ -494,9 +518,10 @@ def test_auto_backend_on_cpu_tensors_is_the_cpu_path():
     assert_close(selective_scan(**inputs), selective_scan(**inputs, backend="cpu"))
 
 
-@pytest.mark.parametrize("d,N,G", [(4, 3, 2), (16, 5, 1)])
+@pytest.mark.parametrize("d,N,G", [(4, 3, 2), (16, 5, 1), (13, 5, 1)])
 def test_custom_op_is_registered_and_passes_opcheck(d, N, G):
-    """(16, 5, 1): the channel-blocked kernels on a padded state; the outputs keep N entries."""
+    """(16, 5, 1): the channel-blocked kernels on a padded state; the outputs keep N entries. (13, 5, 1):
+    on padded channels too; the outputs keep 13 channels."""
     assert hasattr(torch.ops.parazoo, "selective_scan") and hasattr(torch.ops.parazoo, "selective_scan_bwd")
     inputs = _inputs(1, d, 9, N, G=G, dtype=torch.float32)
     h0 = torch.randn(1, d, N, requires_grad=True)
