@@ -58,9 +58,11 @@ def _blocked(u, A, B, C, dt):
     return None if lib is None else (lib, ns, plan)
 
 
-# the channel padding may add at most this fraction of work; beyond it the row kernels are faster (b1 L2048
-# N16, 2 threads: dim 24 padded to 32 ran 1.4-1.5x faster than the row kernels, dim 8 padded to 16 0.9x)
-MAX_CHANNEL_PAD = 1.5
+# the channel padding may multiply the work by at most this; beyond it the row kernels are as fast (interleaved,
+# b1 N16 L2048, 2 threads, forward / fwd+bwd over the row kernels: dim 200 padded to 208 1.65-1.85x / 1.75x,
+# dim 1000 to 1008 2.1x / 2.0x, dim 44 to 48 1.13x / 1.18x, dim 24 to 32 1.04-1.13x / 1.06-1.07x, dim 22 to 32
+# 0.99x / 0.99x, dim 8 to 16 ~0.9x)
+MAX_CHANNEL_PAD = 1.4
 
 
 def channel_plan(dim: int, GB: int, GC: int):

@@ -38,7 +38,7 @@ out with non-temporal stores (see tile_out).
 
 Used when the compiler has ``__builtin_shufflevector`` (gcc >= 12, clang), the dtype is float32 and
 N <= MAX_NS; the caller (``cpu.channel_plan``) zero-pads the channels of each B/C group to a multiple of 16
-when they are not, up to 1.5x the work; otherwise ``cpu_kernel``'s row kernels run.
+when they are not, up to 1.4x the work; otherwise ``cpu_kernel``'s row kernels run.
 Against those (b1 d1536 L2048, 2 threads, README): forward 3.4-5.8x, forward+backward 3.3-4.3x
 faster for N = 8 .. 256.
 """

@@ -187,12 +187,13 @@ def test_blocked_cases_run_the_blocked_kernel(monkeypatch):
 
 def test_channel_plan():
     """Channels split into lcm(GB, GC) runs, each inside one B and one C group, each padded to a multiple
-    of 16; no plan when the runs are whole blocks, row kernels when padding would add over 1.5x the work."""
+    of 16; no plan when the runs are whole blocks, row kernels when padding would multiply the work by over 1.4."""
     assert cpu.channel_plan(1536, 1, 1) is None
     assert cpu.channel_plan(64, 2, 4) is None                       # runs of 16
     assert cpu.channel_plan(200, 1, 1) == (1, 200, 208)
     assert cpu.channel_plan(84, 2, 3) == (6, 14, 16)
     assert cpu.channel_plan(24, 1, 1) == (1, 24, 32)                 # 1.33x the work
+    assert cpu.channel_plan(22, 1, 1) is False                      # 1.45x
     assert cpu.channel_plan(20, 1, 1) is False                      # 1.6x
     assert cpu.channel_plan(8, 1, 1) is False                       # 2x
     x = torch.arange(84.).view(1, 84, 1)
