@@ -12,7 +12,8 @@ of the same recurrence on a state (batch, dim, N), updated in place.
 
 Paths (``backend=``): ``reference.py`` (sequential loop, autograd), ``cpu.py`` (fused C loops:
 ``cpu_block_kernel.py``, 16 channels per vector, for float32 with N <= 256, each group's channels
-zero-padded to a multiple of 16 where needed (up to 1.4x the work), else ``cpu_kernel.py``; pure-torch ``cpu_torch.py`` without a compiler), ``triton_fwd.py`` /
+zero-padded to a multiple of 16 where needed (up to 1.4x the work), else ``cpu_kernel.py``; pure-torch
+``cpu_torch.py`` without a compiler), ``triton_fwd.py`` /
 ``triton_bwd.py`` (Triton kernels, launched by ``triton_scan.py``; ``triton_update.py`` for the
 decode step). The fast paths are the ``torch.library`` custom ops
 ``parazoo::selective_scan`` / ``parazoo::selective_scan_bwd`` with autograd registered, so
