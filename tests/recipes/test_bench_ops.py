@@ -17,7 +17,7 @@ def test_bench_ops_quick_case_writes_paired_results(tmp_path, capsys):
     assert ops.main(["--quick", "--ops", "selective_scan", "--backends", "cpu", "--repeats", "2", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["malloc"] == "keep"
-    assert [r["shape"] for r in res["rows"]] == ["b1 dim1536 N16 L256", "b1 dim1536 N64 L256"]
+    assert [r["shape"] for r in res["rows"]] == ["b1 dim1536 N16 L256", "b1 dim1536 N64 L256", "b1 dim1000 N16 L256"]
     for row in res["rows"]:
         assert row["backend"] == "cpu" and "error" not in row, row
         assert row["fwd_s"] > 0 and row["fwdbwd_s"] > 0 and row["fwdbwd_over_fwd"] > 0
