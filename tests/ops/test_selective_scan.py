@@ -130,15 +130,16 @@ def test_bigger_shapes_match_reference(cpu_backend, dtype, case):
     _check_case(cpu_backend, dtype, case)
 
 
-@pytest.mark.parametrize("threads,N", [(1, 16), (2, 16), (3, 16), (2, 40)])
-def test_blocked_backward_many_blocks(threads, N):
+@pytest.mark.parametrize("threads,N,d", [(1, 16, 160), (2, 16, 160), (3, 16, 160), (2, 40, 160), (3, 16, 150)])
+def test_blocked_backward_many_blocks(threads, N, d):
     """The blocked backward takes each thread's blocks four at a time and shares the lane-wise dB/dC
     buffers between them: 20 blocks (10 per batch row) split over 1-3 threads, so block groups are
     uneven, straddle a B group boundary (80 channels per group) and several chunks (L = 130).
-    N = 40 runs padded to 48 (three 16-entry groups, six reverse-pass parts)."""
+    N = 40 runs padded to 48 (three 16-entry groups, six reverse-pass parts); d = 150: two B groups of
+    75 channels, each padded to 80 (the same 20 blocks)."""
     if cpu_block_kernel.BLK_LIB.load() is None:
         pytest.skip("the channel-blocked kernels do not compile here")
-    case = (2, 160, 130, N, 2, 1, True, True, True, True)
+    case = (2, d, 130, N, 2, 1, True, True, True, True)
     assert _uses_blocked_kernel(case, torch.float32)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
