@@ -2,9 +2,10 @@
 triton (interpreter), forward and every gradient (including through last_state), odd lengths,
 T = 1, grouped B/C, D / z / delta_bias / softplus on and off, cu_seqlens packing, decode steps,
 float64 gradcheck, bf16 input, non-contiguous input, custom-op registration, bad input, the
-channel-blocked C kernels (float32, N <= 256 padded to a multiple of 16, 16 channels per group),
-initial_state (continuation)."""
+channel-blocked C kernels (float32, N <= 256 padded to a multiple of 16, 16 channels per group,
+channels padded per group), initial_state (continuation), random shapes (padded channels among them)."""
 import math
+import random
 
 import pytest
 import torch
@@ -202,6 +203,34 @@ def test_channel_plan():
     assert p.shape == (1, 96, 1) and p.view(6, 16)[:, 14:].eq(0).all()
     assert p.view(6, 16)[:, :14].flatten().equal(torch.arange(84.))
     assert cpu._unpad_ch(p, (6, 14, 16), 1).equal(x)
+
+
+def _random_cases(n, seed=0):
+    """n random (case, h0, threads): channel runs of 1-48 in lcm(GB, GC) groups (so padded, unpadded and
+    row-kernel shapes all occur), N 1-64, L 1-257, every option on or off."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        GB = rng.choice([1, 1, 2, 3, 4])
+        GC = rng.choice([1, GB, 2])
+        d = math.lcm(GB, GC) * rng.choice([1, 3, 12, 14, 15, 16, 17, 30, 31, 32, 45, 48])
+        case = (rng.choice([1, 2, 3]), d, rng.choice([1, 2, 7, 63, 64, 65, 130, 257]),
+                rng.choice([1, 2, 3, 5, 8, 16, 17, 24, 33, 64]), GB, GC,
+                *(rng.random() < p for p in (0.7, 0.7, 0.7, 0.8)))           # D, z, delta_bias, softplus
+        out.append((case, rng.random() < 0.3, rng.choice([1, 2, 3])))
+    return out
+
+
+@pytest.mark.parametrize("case,h0,threads", _random_cases(40), ids=[f"r{i}" for i in range(40)])
+def test_random_shapes_match_reference(case, h0, threads):
+    """The float32 CPU path (blocked kernels as they are or on padded channels / states, or the row
+    kernels) against the float64 reference on random shapes and options, on 1-3 threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_case("cpu", torch.float32, case, h0=h0)
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_blocked_kernel_exp_is_within_2_ulp():
