@@ -4,6 +4,8 @@ Expected values come from the sequential reference in float64 on the same inputs
 states and the gradient of every floating input are compared with parazoo's per-dtype tolerances.
 Decays are kept slow (|dt' A| <~ 0.3) so that states carried across chunks matter to the result.
 """
+import random
+
 import pytest
 import torch
 
@@ -95,6 +97,46 @@ def test_cpu_matches_reference(case, dtype):
     ins, Q, sp = _case(case, dtype)
     expected = run("reference", ins, Q, sp, dtype=torch.float64)
     check_against(run("cpu", ins, Q, sp, dtype=dtype), expected, dtype)
+
+
+def _random_cases(n, seed=0):
+    """n random (case, cu_seqlens cuts or None, threads, block_elems): heads, groups, head and state sizes,
+    lengths and chunks (never a multiple of each other but by chance), every option on or off."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        H = rng.choice([1, 2, 3, 4, 6])
+        o = {k: v for k, v in dict(D=rng.choice([None, "H", "HP"]), z=rng.random() < 0.6, dt_bias=rng.random() < 0.6,
+                                   softplus=rng.random() < 0.7, init=rng.random() < 0.3).items() if v}
+        b, L = rng.choice([1, 2, 3]), rng.choice([1, 2, 7, 63, 64, 65, 130, 257])
+        cuts = sorted(rng.sample(range(1, L), min(3, L - 1))) if b == 1 and L > 3 and rng.random() < 0.35 else None
+        case = (b, L, H, rng.choice([1, 3, 8, 16]), rng.choice([g for g in (1, 2, 3) if H % g == 0]),
+                rng.choice([1, 2, 5, 16, 17]), rng.choice([1, 2, 16, 64, 256]), o)
+        out.append((case, cuts, rng.choice([1, 2, 3]), rng.choice([1, 700, None])))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case,cuts,threads,block_elems", _random_cases(30), ids=[f"r{i}" for i in range(30)])
+def test_cpu_random_shapes_match_reference(case, cuts, threads, block_elems, dtype, monkeypatch):
+    """The CPU path against the float64 reference on random shapes and options (packed sequences among
+    them), on 1-3 threads, with one chunk per backward block, a few, or the default."""
+    from parazoo.ops.ssd import cpu
+
+    if block_elems is not None:
+        monkeypatch.setattr(cpu, "BLOCK_ELEMS", block_elems)
+    b, L, H, P, G, N, Q, o = case
+    cu = None if cuts is None else torch.tensor([0, *cuts, L], dtype=torch.int32)
+    ins = make_inputs(b, L, H, P, G, N, D=o.get("D"), z=o.get("z", False), dt_bias=o.get("dt_bias", False),
+                      init=o.get("init", False), n_states=None if cu is None else len(cuts) + 1)
+    sp = o.get("softplus", False)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        expected = run("reference", ins, Q, sp, cu_seqlens=cu, dtype=torch.float64)
+        check_against(run("cpu", ins, Q, sp, cu_seqlens=cu, dtype=dtype), expected, dtype)
+    finally:
+        torch.set_num_threads(old)
 
 
 # The CPU backward is hand-written (ops/ssd/cpu_bwd.py) and runs over blocks of chunks; a block
