@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from .._backend import resolve_backend
-from ._checks import check_scan_args, check_update_args
+from ._checks import check_scan_args, check_update_args, check_update_heads_args
 from ._pointwise import compute_dtype
 from .reference import selective_scan_reference, selective_state_update_reference
 from .state_update import state_update_step
@@ -152,8 +152,21 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 
     x, dt, z: (batch, dim); A: (dim, N); B, C: (batch, N) or (batch, G, N); D, dt_bias: (dim,).
     Returns y (batch, dim) in x's dtype; equals one step of ``selective_scan`` continued from state.
+
+    Also mamba_ssm's multi-head layout, in which Mamba-2 decodes: state (batch, H, P, N); x, dt, z
+    (batch, H, P); A (H, P, N); D, dt_bias (H, P); B, C (batch, N) or (batch, G, N) with G dividing H
+    (head h reads group h // (H / G)). It is the channel layout with dim = H * P (channel h * P + p), so
+    head-tied A, dt, D, dt_bias expanded over P and N (stride 0) keep their one exp per channel; returns y
+    (batch, H, P), and equals one step of ``ssd_scan`` continued from the state.
     """
+    if isinstance(state, torch.Tensor) and state.dim() == 4:
+        return _state_update_heads(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend)
     check_update_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return _state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend)
+
+
+def _state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
+    """``selective_state_update`` on the channel layout, its arguments checked."""
     backend = resolve_backend(backend, state, x, dt, A, B, C, D, z, dt_bias, op="selective_state_update")
     # autograd may save the old state for the backward: give it a copy, since state is overwritten below
     tensors = (state, x, dt, A, B, C, D, z, dt_bias)
@@ -165,3 +178,30 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     if new_state is not state:                      # the fused CPU loop has written it in place already
         state.copy_(new_state)
     return y
+
+
+def _heads_to_channels(t, lead):
+    """t with its (H, P) dims at lead, lead + 1 merged into one channel dim. A trailing N dim of stride 0 (A
+    expanded over the state) stays stride 0: the merged copy, if one is needed, holds one value per channel."""
+    if t is None:
+        return None
+    if t.dim() > lead + 2 and t.stride(-1) == 0:
+        return t[..., :1].flatten(lead, lead + 1).expand(*t.shape[:lead], -1, t.shape[-1])
+    return t.flatten(lead, lead + 1)
+
+
+def _state_update_heads(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
+    """``selective_state_update`` on the multi-head layout: heads flattened into channels, the state updated in
+    place through a view (or through a copy written back when its (H, P) dims cannot be merged in place)."""
+    check_update_heads_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    batch, H, P, N = state.shape
+    try:
+        flat = state.view(batch, H * P, N)                         # the same memory: updated in place
+    except RuntimeError:
+        flat = state.reshape(batch, H * P, N)                      # a copy, written back below
+    y = _state_update(flat, *(_heads_to_channels(t, 1) for t in (x, dt)), _heads_to_channels(A, 0), B, C,
+                      _heads_to_channels(D, 0), _heads_to_channels(z, 1), _heads_to_channels(dt_bias, 0), dt_softplus,
+                      backend)
+    if flat.data_ptr() != state.data_ptr():
+        state.copy_(flat.view(batch, H, P, N))
+    return y.view(batch, H, P)

@@ -5,7 +5,7 @@ import torch
 
 from .._validate import check_cu_seqlens, check_same_device, check_tensor
 
-__all__ = ["check_scan_args", "check_update_args"]
+__all__ = ["check_scan_args", "check_update_args", "check_update_heads_args"]
 
 
 def _check_A(A, dim, op):
@@ -72,5 +72,28 @@ def check_update_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, op="sel
     check_tensor("D", D, op=op, shape=("dim",), dims=dims, optional=True)
     check_tensor("z", z, op=op, shape=("batch", "dim"), dims=dims, optional=True)
     check_tensor("dt_bias", dt_bias, op=op, shape=("dim",), dims=dims, optional=True)
+    _check_flag("dt_softplus", dt_softplus, op)
+    check_same_device(op, state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+
+
+def check_update_heads_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, op="selective_state_update"):
+    """mamba_ssm's multi-head layout (as Mamba-2 decodes): state (batch, H, P, N); x, dt, z (batch, H, P);
+    A (H, P, N); D, dt_bias (H, P); B, C (batch, N) or (batch, G, N), G dividing H."""
+    dims: dict = {}
+    check_tensor("state", state, op=op, shape=("batch", "H", "P", "N"), dims=dims)
+    check_tensor("x", x, op=op, shape=("batch", "H", "P"), dims=dims)
+    check_tensor("dt", dt, op=op, shape=("batch", "H", "P"), dims=dims)
+    if isinstance(A, torch.Tensor) and A.is_complex():
+        _check_A(A, None, op)                                    # the complex-A message
+    check_tensor("A", A, op=op, shape=("H", "P", "N"), dims=dims)
+    for name, X in (("B", B), ("C", C)):
+        check_tensor(name, X, op=op, ndim=(2, 3))
+        check_tensor(name, X, op=op, shape=("batch", "N") if X.dim() == 2 else ("batch", None, "N"), dims=dims)
+        if X.dim() == 3 and (X.shape[1] < 1 or dims["H"] % X.shape[1]):
+            raise ValueError(f"{op}: argument {name!r} has {X.shape[1]} groups (shape {tuple(X.shape)}), but with "
+                             f"a multi-head state the number of groups must divide the number of heads H={dims['H']}")
+    check_tensor("D", D, op=op, shape=("H", "P"), dims=dims, optional=True)
+    check_tensor("z", z, op=op, shape=("batch", "H", "P"), dims=dims, optional=True)
+    check_tensor("dt_bias", dt_bias, op=op, shape=("H", "P"), dims=dims, optional=True)
     _check_flag("dt_softplus", dt_softplus, op)
     check_same_device(op, state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)

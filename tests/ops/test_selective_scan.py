@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parazoo.ops import selective_scan, selective_state_update
+from parazoo.ops import selective_scan, selective_state_update, ssd_scan
 from parazoo.ops.selective_scan import cpu, cpu_block_kernel, cpu_kernel, cpu_update, selective_scan_reference
 from parazoo.ops.testing import assert_close, use_cpu_path
 
@@ -468,6 +468,92 @@ def test_fused_cpu_state_update_matches_reference(case, dtype, monkeypatch):
     assert y.dtype == x.dtype
     assert_close(y, ey, dtype=low, name="y")
     assert_close(s2, est.to(dtype), dtype=dtype, name="state (in place)")
+
+
+def _heads_step_inputs(b, H, P, N, G, seed=3):
+    """Mamba-2's decode step in mamba_ssm's multi-head layout: per-head A, dt, D, dt_bias expanded over P (and
+    A over N) with stride 0; and the same values per head for ssd_scan."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)
+    per_head = dict(state=r(b, H, P, N), x=r(b, H, P), dt=r(b, H) * 0.5, A=-torch.rand(H, generator=g) - 0.1,
+                    B=r(b, G, N), C=r(b, G, N), D=r(H), z=r(b, H, P), dt_bias=r(H) * 0.3)
+    h = per_head
+    heads = dict(x=h["x"], dt=h["dt"][..., None].expand(b, H, P), A=h["A"][:, None, None].expand(H, P, N),
+                 B=h["B"], C=h["C"], D=h["D"][:, None].expand(H, P), z=h["z"], dt_bias=h["dt_bias"][:, None].expand(H, P))
+    return per_head, heads
+
+
+@pytest.mark.parametrize("G", [1, 3])
+def test_state_update_multihead_layout_is_one_ssd_step(backend, G):
+    """mamba_ssm's multi-head layout (state (batch, H, P, N), as Mamba-2 decodes) equals one step of ssd_scan
+    continued from the state, and updates the state in place; head h reads group h // (H / G)."""
+    b, H, P, N = 2, 6, 4, 5
+    h, heads = _heads_step_inputs(b, H, P, N, G)
+    y_ref, final = ssd_scan(h["x"][:, None], h["dt"][:, None], h["A"], h["B"][:, None], h["C"][:, None], 16, D=h["D"],
+                            z=h["z"][:, None], dt_bias=h["dt_bias"], dt_softplus=True, initial_states=h["state"],
+                            return_final_states=True, backend="reference")
+    state = h["state"].clone()
+    y = selective_state_update(state, **heads, dt_softplus=True, backend=backend)
+    assert y.shape == (b, H, P)
+    assert_close(y, y_ref[:, 0], name="y")
+    assert_close(state, final, name="state (in place)")
+
+
+def test_state_update_multihead_layout_takes_the_fused_cpu_step(monkeypatch):
+    """The head-tied multi-head step (A, dt, D, dt_bias expanded over P and N) reaches the fused C step: the
+    flattened state is a view of the caller's and A keeps N-stride 0 (one exp per channel)."""
+    if cpu_update.KERNEL.load() is None:
+        pytest.skip("no C compiler")
+    from parazoo.ops.selective_scan import state_update
+
+    def not_called(*a, **k):
+        raise AssertionError("the torch step ran instead of the fused loop")
+
+    b, H, P, N = 2, 6, 4, 5
+    h, heads = _heads_step_inputs(b, H, P, N, 3)
+    state = h["state"].clone()
+    expected = selective_state_update(state.clone(), **heads, dt_softplus=True, backend="reference")
+    monkeypatch.setattr(state_update, "selective_state_update_reference", not_called)
+    seen, fused = [], cpu_update.step
+
+    def spy(st, x, dt, A, *rest):
+        seen.append((A.stride(), st.data_ptr() == state.data_ptr()))
+        return fused(st, x, dt, A, *rest)
+
+    monkeypatch.setattr(cpu_update, "step", spy)
+    assert_close(selective_state_update(state, **heads, dt_softplus=True, backend="cpu"), expected, name="y")
+    assert seen == [((1, 0), True)], seen
+
+
+def test_state_update_multihead_layout_general_and_strided_state():
+    """Per-entry A (H, P, N) and D, dt_bias (H, P) equal the channel layout on the flattened inputs, also when
+    the state's (H, P) dims cannot be merged in place (a permuted view: updated through a copy written back)."""
+    b, H, P, N = 2, 3, 4, 5
+    g = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=g)
+    x, dt, z, A = r(b, H, P), r(b, H, P), r(b, H, P), -torch.rand(H, P, N, generator=g)
+    B, C, D, bias = r(b, N), r(b, 3, N), r(H, P), r(H, P)
+    st = r(b, H, P, N)
+    flat = st.reshape(b, H * P, N).clone()
+    ey = selective_state_update(flat, x.reshape(b, -1), dt.reshape(b, -1), A.reshape(H * P, N), B, C, D.reshape(-1),
+                                z.reshape(b, -1), bias.reshape(-1), dt_softplus=True, backend="reference")
+    for state in (st.clone(), st.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)):
+        y = selective_state_update(state, x, dt, A, B, C, D, z, bias, dt_softplus=True)
+        assert_close(y, ey.view(b, H, P), name="y")
+        assert_close(state, flat.view(b, H, P, N), name="state (in place)")
+
+
+def test_state_update_multihead_layout_bad_inputs():
+    b, H, P, N = 2, 4, 3, 5
+    _, heads = _heads_step_inputs(b, H, P, N, 2)
+    with pytest.raises(ValueError, match="groups must divide the number of heads H=4"):
+        selective_state_update(torch.zeros(b, H, P, N), **{**heads, "B": torch.zeros(b, 3, N)})
+    with pytest.raises(ValueError, match="'A'"):
+        selective_state_update(torch.zeros(b, H, P, N), **{**heads, "A": torch.zeros(H * P, N)})
+    with pytest.raises(ValueError, match="'x'"):
+        selective_state_update(torch.zeros(b, H, P, N), **{**heads, "x": torch.zeros(b, H * P)})
+    with pytest.raises(ValueError, match="'D'"):
+        selective_state_update(torch.zeros(b, H, P, N), **{**heads, "D": torch.zeros(H)})
 
 
 def test_state_update_gradients_match_reference():
