@@ -79,8 +79,9 @@ def _scan_bwd_op(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Ten
     grads = _impl(backend).selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus,
                                               cu_seqlens, ckpt)
     inputs = (u, delta, A, B, C, D, z, delta_bias, h0)
-    # custom ops return tensors only: an absent input's gradient is an empty placeholder
-    return [g.to(x.dtype) if x is not None else u.new_empty(0) for g, x in zip(grads, inputs)]
+    # custom ops return tensors only: an absent input's gradient is an empty placeholder. Contiguous, as the fake
+    # promises (the inputs are): dB, dC come back as transposed views, and torch.compile asserts the strides
+    return [g.to(x.dtype).contiguous() if x is not None else u.new_empty(0) for g, x in zip(grads, inputs)]
 
 
 @_scan_bwd_op.register_fake

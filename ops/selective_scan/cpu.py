@@ -99,7 +99,7 @@ def _unpad_ch(t, plan, ax):
     if t is None or plan is None:
         return t
     G, dg, dgp = plan
-    return t.unflatten(ax, (G, dgp)).narrow(ax + 1, 0, dg).flatten(ax, ax + 1)
+    return t.unflatten(ax, (G, dgp)).narrow(ax + 1, 0, dg).flatten(ax, ax + 1).contiguous()
 
 
 def _pad_n(t, ns):
