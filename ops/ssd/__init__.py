@@ -13,10 +13,11 @@ uses min(chunk_size, 64), the Triton kernels max(chunk_size, 16)).
 every boundary. Then ``initial_states`` and the returned final states are per sequence:
 (n_seqs, H, P, N). (mamba_ssm takes seq_idx instead; cu_seqlens is the same information.)
 
-Paths (``backend=``): "reference" = sequential loop (reference.py); "cpu" = chunked torch with a
-hand-written chunked backward (cpu.py, cpu_bwd.py; a torch.autograd.Function, which torch.compile
-handles); "triton" = Triton kernels (triton_*.py), registered as the custom op ``parazoo::ssd_scan``
-with a fake and an autograd formula so that it works under torch.compile.
+Paths (``backend=``): "reference" = sequential loop (reference.py); "cpu" = chunked torch and C loops
+with a hand-written chunked backward (cpu.py, cpu_bwd.py), registered as the custom ops
+``parazoo::ssd_chunked`` / ``parazoo::ssd_chunked_bwd``; "triton" = Triton kernels (triton_*.py),
+registered as the custom op ``parazoo::ssd_scan``. Both custom ops have a fake and an autograd formula,
+so that they work under torch.compile (fullgraph too).
 Returns y (b, L, H, P) in x's dtype [, final_states float32 (float64 for float64 x)].
 """
 from __future__ import annotations
@@ -26,7 +27,6 @@ import torch
 from .._backend import resolve_backend
 from .._validate import check_cu_seqlens, check_power_of_two, check_same_device, check_tensor
 from .cpu import compute_dtype, ssd_chunked
-from .layout import make_layout
 from .reference import dt_preprocess, ssd_scan_reference
 
 __all__ = ["ssd_scan"]
@@ -75,10 +75,9 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softpl
                                   initial_states=initial_states, return_final_states=return_final_states,
                                   cu_seqlens=cu_seqlens)
     if backend == "cpu":
-        layout = make_layout(x.shape[0], x.shape[1], min(chunk_size, CPU_MAX_CHUNK), cu_seqlens, x.device)
         cdt = compute_dtype(x.dtype)
         dtp = dt_preprocess(dt.to(cdt), None if dt_bias is None else dt_bias.to(cdt), dt_softplus)
-        y, final = ssd_chunked(x, dtp, A, B, C, D, z, initial_states, layout)
+        y, final = ssd_chunked(x, dtp, A, B, C, D, z, initial_states, cu_seqlens, min(chunk_size, CPU_MAX_CHUNK))
     else:
         from .triton_op import ssd_scan_triton
 

@@ -26,19 +26,23 @@ Layouts (no per-head copies of B and C):
 The work runs over blocks of chunks (``BLOCK_ELEMS`` numbers per temporary): small temporaries stay
 in cache and are recycled by the allocator (a fresh 50 MB tensor per step costs more in page faults
 than the arithmetic on it). The backward (``cpu_bwd.py``) mirrors the forward block by block in
-reverse. Saved for backward: the inputs, the (N, R*P) state entering each chunk and, with z, the
-ungated y; the Q x Q masks are recomputed. Peak memory is O(block * H * Q * Q + (L / Q) * H * P * N);
+reverse. Saved for backward: the inputs, the (N, R*P) state entering each chunk (in a flat buffer whose
+size does not depend on cu_seqlens' values, see ``states_capacity``) and, with z, the ungated y; the
+Q x Q masks are recomputed. Forward and backward are the custom ops ``parazoo::ssd_chunked`` and
+``parazoo::ssd_chunked_bwd`` (bottom of this file), so torch.compile traces through the C loops. Peak memory is O(block * H * Q * Q + (L / Q) * H * P * N);
 without a backward to follow (no grad), O(block * (H * Q * Q + H * P * N)): the states live one
 block at a time.
 Accumulation is float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from . import cpu_decay, cpu_output
 from .cpu_passing import pass_fwd
-from .layout import ChunkLayout
+from .layout import ChunkLayout, make_layout
 
 __all__ = ["ssd_chunked", "compute_dtype", "SSDChunks", "ChunkBlock", "stack_groups", "BLOCK_ELEMS"]
 
@@ -192,17 +196,33 @@ class ChunkBlock:
         return stack_groups(out, 1).reshape(S, K, self.k.G, 1, Q, Q)
 
 
+def states_capacity(b: int, L: int, Q: int, n_seqs: int, packed: bool, G: int, N: int, H: int, P: int) -> int:
+    """Numbers in the flat buffer that holds the states entering every chunk, (G, S, Cs, N, R, P) at its
+    front: exact for a dense batch; for packed sequences Cs depends on their lengths, and
+    Cs <= ceil(L / Q) + n_seqs bounds it without reading them (a static size for the custom op's fake)."""
+    S, Cs = (1, -(-L // Q) + n_seqs) if packed else (b, max(1, -(-L // Q)))
+    return G * S * Cs * N * H * P
+
+
+def states_view(flat: torch.Tensor, k: "SSDChunks") -> torch.Tensor:
+    """The (G, S, Cs, N, R, P) states at the front of a ``states_capacity`` buffer (contiguous)."""
+    lay = k.layout
+    shape = (k.G, lay.S, lay.Cs, k.N, k.R, k.P)
+    return flat[:k.G * lay.S * lay.Cs * k.N * k.R * k.P].view(shape)
+
+
 def _forward(k: SSDChunks, initial_states, keep: bool):
     """Returns y (b, L, H, P) in the compute dtype, times silu(z) when z is given, and the final
-    states finals (n, H, P, N). With ``keep`` (a backward will run) also the states entering every
-    chunk Hts (G, S, Cs, N, R, P) (transposed) and, with z, the ungated y_pre (b, L, H, P);
-    without, None and None: the states then exist one block at a time."""
+    states finals (n, H, P, N). With ``keep`` (a backward will run) also a flat buffer holding the states
+    entering every chunk Hts (G, S, Cs, N, R, P) (transposed; ``states_view``) and, with z, the ungated
+    y_pre (b, L, H, P); without, None and None: the states then exist one block at a time."""
     lay = k.layout
     S, Cs, Q = lay.S, lay.Cs, lay.Q
     G, R, P, N, H = k.G, k.R, k.P, k.N, k.H
     y = k.xq.new_empty(S, Cs, Q, H, P)
     ypre = k.xq.new_empty(S, Cs, Q, H, P) if keep and k.zq is not None else None
-    Hts = k.xq.new_empty(G, S, Cs, N, R, P) if keep else None
+    flat = k.xq.new_empty(states_capacity(lay.b, lay.L, Q, lay.n_seqs, lay.pos is not None, G, N, H, P)) if keep else None
+    Hts = None if flat is None else states_view(flat, k)
     finals = k.xq.new_empty(G, lay.n_seqs, N, R, P)
     init_t = None if initial_states is None else k.state_t(initial_states.to(k.cdt))    # (G, n, N, R, P)
     carry = None                                                                    # state leaving the last chunk
@@ -241,44 +261,97 @@ def _forward(k: SSDChunks, initial_states, keep: bool):
                 torch.mul(yb, torch.nn.functional.silu(b.zq), out=y[:, c0:c1])
     y = lay.unpack(y.view(S, Cs * Q, H, P))                                         # (b, L, H, P)
     ypre = None if ypre is None else lay.unpack(ypre.view(S, Cs * Q, H, P))
-    return y, k.state_untransposed(finals), Hts, ypre
+    return y, k.state_untransposed(finals), flat, ypre
 
 
-class _SSDChunkedFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dtp, A, B, C, D, z, initial_states, layout, keep):
-        k = SSDChunks(x, dtp, A, B, C, D, layout, z)
-        with torch.autocast(x.device.type, enabled=False):                          # matmuls in the compute dtype
-            y, finals, Hts, ypre = _forward(k, initial_states, keep)
-        y = y.contiguous()
-        # the backward reads y_pre (its ds_i = dY_i . (y_pre_i - D x_i)): without z it is y itself, saved
-        # as an output (as mamba_ssm's chunk scan does): modifying y in place then fails the backward
-        ctx.save_for_backward(x, dtp, A, B, C, D, z, initial_states, Hts, y if ypre is None else ypre)
-        ctx.layout = layout
-        return y, finals                                                            # compute dtype
+# ---- torch.library registration: the CPU path is the custom ops parazoo::ssd_chunked / ssd_chunked_bwd, so
+# torch.compile traces through it (fullgraph too) instead of breaking the graph at its C loops ----------------
 
-    @staticmethod
-    def backward(ctx, dy, dfinal):
-        from .cpu_bwd import ssd_chunked_backward
-
-        x, dtp, A, B, C, D, z, initial_states, Hts, ypre = ctx.saved_tensors
-        dz = None
-        if z is not None:                                                           # y = y_pre silu(z)
-            dy, dz = cpu_output.gate_backward(dy, ypre, z)
-            dz = dz.to(z.dtype)
-        k = SSDChunks(x, dtp, A, B, C, D, ctx.layout)
-        with torch.autocast(x.device.type, enabled=False):
-            dx, ddt, dA, dB, dC, dD, dinit = ssd_chunked_backward(k, Hts, dy, ypre, dfinal, initial_states is not None)
-        return (dx.to(x.dtype), ddt.to(dtp.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                None if D is None else (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype), dz,
-                None if dinit is None else dinit.to(initial_states.dtype), None, None)
+@torch.library.custom_op("parazoo::ssd_chunked", mutates_args=())
+def _ssd_chunked_op(x: torch.Tensor, dtp: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: Optional[torch.Tensor], z: Optional[torch.Tensor], initial_states: Optional[torch.Tensor],
+                    cu_seqlens: Optional[torch.Tensor], Q: int, keep: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> y (b, L, H, P) and finals (n, H, P, N) in the compute dtype; with ``keep`` the flat states buffer and,
+    with z, y_pre (else empty placeholders)."""
+    k = SSDChunks(x, dtp, A, B, C, D, make_layout(x.shape[0], x.shape[1], Q, cu_seqlens, x.device), z)
+    with torch.autocast(x.device.type, enabled=False):                              # matmuls in the compute dtype
+        y, finals, flat, ypre = _forward(k, initial_states, keep)
+    empty = lambda: x.new_empty(0, dtype=k.cdt)                                     # noqa: E731 (outputs may not alias)
+    return y.contiguous(), finals, empty() if flat is None else flat, empty() if ypre is None else ypre.contiguous()
 
 
-def ssd_chunked(x, dtp, A, B, C, D, z, initial_states, layout: ChunkLayout):
+@_ssd_chunked_op.register_fake
+def _(x, dtp, A, B, C, D, z, initial_states, cu_seqlens, Q, keep):
+    b, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    cdt = compute_dtype(x.dtype)
+    n = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    flat = states_capacity(b, L, Q, n, cu_seqlens is not None, G, N, H, P) if keep else 0
+    return (x.new_empty(x.shape, dtype=cdt), x.new_empty((n, H, P, N), dtype=cdt), x.new_empty(flat, dtype=cdt),
+            x.new_empty(x.shape if keep and z is not None else (0,), dtype=cdt))
+
+
+@torch.library.custom_op("parazoo::ssd_chunked_bwd", mutates_args=())
+def _ssd_chunked_bwd_op(dy: torch.Tensor, dfinal: Optional[torch.Tensor], x: torch.Tensor, dtp: torch.Tensor,
+                        A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+                        z: Optional[torch.Tensor], initial_states: Optional[torch.Tensor],
+                        cu_seqlens: Optional[torch.Tensor], Q: int, flat: torch.Tensor, ypre: torch.Tensor
+                        ) -> list[torch.Tensor]:
+    """Gradients of x, dt', A, B, C, D, z, initial_states (empty placeholders for absent inputs); ypre is the
+    forward's ungated y (y itself without z)."""
+    from .cpu_bwd import ssd_chunked_backward
+
+    dz = None
+    if z is not None:                                                               # y = y_pre silu(z)
+        dy, dz = cpu_output.gate_backward(dy, ypre, z)
+        dz = dz.to(z.dtype)
+    k = SSDChunks(x, dtp, A, B, C, D, make_layout(x.shape[0], x.shape[1], Q, cu_seqlens, x.device))
+    with torch.autocast(x.device.type, enabled=False):
+        dx, ddt, dA, dB, dC, dD, dinit = ssd_chunked_backward(k, states_view(flat, k), dy, ypre, dfinal,
+                                                              initial_states is not None)
+    grads = (dx.to(x.dtype), ddt.to(dtp.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+             None if D is None else (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype), dz,
+             None if dinit is None else dinit.to(initial_states.dtype))
+    return [x.new_empty(0) if g is None else g.contiguous() for g in grads]
+
+
+@_ssd_chunked_bwd_op.register_fake
+def _(dy, dfinal, x, dtp, A, B, C, D, z, initial_states, cu_seqlens, Q, flat, ypre):
+    return [x.new_empty(0) if t is None else t.new_empty(t.shape) for t in (x, dtp, A, B, C, D, z, initial_states)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, dtp, A, B, C, D, z, initial_states, cu_seqlens, Q, keep = inputs
+    y, _, flat, ypre = output
+    # the backward reads y_pre (its ds_i = dY_i . (y_pre_i - D x_i)): without z it is y itself, saved as an
+    # output (as mamba_ssm's chunk scan does): modifying y in place then fails the backward
+    ctx.save_for_backward(x, dtp, A, B, C, D, z, initial_states, cu_seqlens, flat, y if z is None else ypre)
+    ctx.Q = Q
+    ctx.mark_non_differentiable(flat, ypre)
+    ctx.set_materialize_grads(False)    # no zero-filled gradients of the states buffer (25 MB at the bench shape)
+
+
+def _autograd_backward(ctx, dy, dfinal, _dflat, _dypre):
+    x, dtp, A, B, C, D, z, initial_states, cu_seqlens, flat, ypre = ctx.saved_tensors
+    if flat.numel() == 0 and x.numel() > 0:
+        raise RuntimeError("ssd_scan: backward needs the forward's chunk states; internal error")
+    if dy is None:                                                                  # only the final states were used
+        dy = torch.zeros_like(ypre)
+    grads = _ssd_chunked_bwd_op(dy, dfinal, x, dtp, A, B, C, D, z, initial_states, cu_seqlens, ctx.Q, flat, ypre)
+    ins = (x, dtp, A, B, C, D, z, initial_states)
+    return (*[g if t is not None else None for g, t in zip(grads, ins)], None, None, None)
+
+
+_ssd_chunked_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def ssd_chunked(x, dtp, A, B, C, D, z, initial_states, cu_seqlens, Q: int):
     """x: (b, L, H, P); dtp: (b, L, H) preprocessed dt'; A: (H,); B, C: (b, L, G, N);
-    D: (H,) | (H, P) | None; z: (b, L, H, P) | None; initial_states: (n_seqs, H, P, N) | None.
-    Returns y (b, L, H, P) in x.dtype and final states (n_seqs, H, P, N) in the compute dtype."""
+    D: (H,) | (H, P) | None; z: (b, L, H, P) | None; initial_states: (n_seqs, H, P, N) | None;
+    cu_seqlens as ssd_scan's; Q the chunk size. Returns y (b, L, H, P) in x.dtype and final states
+    (n_seqs, H, P, N) in the compute dtype."""
     tensors = (x, dtp, A, B, C, D, z, initial_states)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    y, final = _SSDChunkedFn.apply(x, dtp, A, B, C, D, z, initial_states, layout, keep)
+    y, final, _, _ = _ssd_chunked_op(x, dtp, A, B, C, D, z, initial_states, cu_seqlens, Q, keep)
     return y.to(x.dtype), final

@@ -306,8 +306,8 @@ def test_cpu_strong_decay_matches_reference(dtype):
 
 
 def test_cpu_backward_is_the_hand_written_one():
-    """The CPU path's gradient comes from its own backward (one autograd node), not from autograd
-    through the chunked forward."""
+    """The CPU path's gradient comes from its own backward (the custom op parazoo::ssd_chunked's autograd
+    node), not from autograd through the chunked forward."""
     ins = make_inputs(1, 20, 2, 3, 1, 4, dtype=torch.float32)
     x = ins["x"].requires_grad_(True)
     y = ssd_scan(x, ins["dt"], ins["A"], ins["B"], ins["C"], 16, backend="cpu")
@@ -319,7 +319,7 @@ def test_cpu_backward_is_the_hand_written_one():
         seen.add(fn)
         names.add(type(fn).__name__)
         todo += [f for f, _ in fn.next_functions]
-    assert "_SSDChunkedFnBackward" in names, names
+    assert "GeneratedBackwardFor_parazoo_ssd_chunked_defaultBackward" in names, names
     assert not names & {"BmmBackward0", "ExpBackward0", "CumsumBackward0"}, names
 
 
@@ -533,6 +533,43 @@ def test_auto_backend_runs_cpu_path_and_matches():
     y_auto = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 16)
     y_cpu = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 16, backend="cpu")
     assert torch.equal(y_auto, y_cpu)
+
+
+@pytest.mark.parametrize("opts", [dict(D="H", z=True), dict(D="HP", dt_bias=True, softplus=True, init=True),
+                                  dict(z=True, cu=True, init=True)], ids=["D_z", "DHP_bias_init", "packed_z_init"])
+def test_cpu_custom_op_passes_opcheck(opts):
+    """parazoo::ssd_chunked (the CPU path): schema, fake (the states buffer's static size, also for packed
+    sequences) and autograd registration."""
+    from parazoo.ops.ssd.cpu import _ssd_chunked_op
+
+    cu = torch.tensor([0, 3, 3, 20, 23], dtype=torch.int32) if opts.get("cu") else None
+    ins = make_inputs(1, 23, 4, 3, 2, 5, dtype=torch.float32, D=opts.get("D"), z=opts.get("z", False),
+                      dt_bias=False, init=opts.get("init", False), n_states=None if cu is None else 4)
+    args = [None if ins[k] is None else ins[k].clone().requires_grad_(True)
+            for k in ("x", "dt", "A", "B", "C", "D", "z", "initial_states")]
+    torch.library.opcheck(_ssd_chunked_op, (*args, cu, 8, True),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.slow
+def test_cpu_compile_fullgraph_forward_and_backward():
+    """ssd_scan's CPU path under torch.compile(fullgraph=True) with inductor: no graph break at its C loops,
+    y, final states and every gradient equal to eager."""
+    ins = make_inputs(1, 23, 4, 3, 2, 5, dtype=torch.float32, D="H", z=True, dt_bias=True, init=True)
+    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+
+    def f(*a):
+        return ssd_scan(*a[:5], 16, D=a[5], z=a[6], dt_bias=a[7], dt_softplus=True, initial_states=a[8],
+                        return_final_states=True, backend="cpu")
+
+    out = {}
+    for mode, fn in (("eager", f), ("compiled", torch.compile(f, fullgraph=True))):
+        leaves = [ins[k].clone().requires_grad_(True) for k in names]
+        y, fin = fn(*leaves)
+        g = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + fin.square().sum(), leaves)
+        out[mode] = (y, fin, *g)
+    for name, a, e in zip(("y", "final", *names), out["compiled"], out["eager"]):
+        assert_close(a, e, name=name)
 
 
 @pytest.mark.slow
