@@ -52,7 +52,9 @@ def transpose_copy(t: torch.Tensor) -> torch.Tensor:
     """(B, X, Y) -> contiguous (B, Y, X): ``t.transpose(1, 2).contiguous()``, blocked on CPU."""
     if t.dim() != 3:
         raise ValueError(f"transpose_copy: argument 't' must have 3 dimensions (B, X, Y), got {tuple(t.shape)}")
-    lib = KERNEL.load() if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) else None
+    # under torch.compile the copy is left to the compiler (dynamo cannot trace the ctypes call)
+    fast = t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
+    lib = KERNEL.load() if fast else None
     if lib is None:
         return t.transpose(1, 2).contiguous()
     B, X, Y = t.shape

@@ -37,13 +37,16 @@ def _impl(backend: str):
 @torch.library.custom_op("parazoo::rms_norm", mutates_args=())
 def _rms_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], z: Optional[torch.Tensor], eps: float,
                  norm_before_gate: bool, group_size: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _impl(backend).rms_norm_fwd(x, weight, z, eps, norm_before_gate, group_size)
+    y, rstd = _impl(backend).rms_norm_fwd(x, weight, z, eps, norm_before_gate, group_size)
+    return y.contiguous(), rstd.contiguous()
 
 
+# the fakes promise contiguous outputs whatever the inputs' strides (x may be a transposed view), as the
+# implementations return: torch.compile asserts the real strides against these
 @_rms_norm_op.register_fake
 def _(x, weight, z, eps, norm_before_gate, group_size, backend):
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    return torch.empty_like(x), x.new_empty((rows, x.shape[-1] // group_size), dtype=_cpu.compute_dtype(x))
+    return x.new_empty(x.shape), x.new_empty((rows, x.shape[-1] // group_size), dtype=_cpu.compute_dtype(x))
 
 
 @torch.library.custom_op("parazoo::rms_norm_bwd", mutates_args=())
@@ -52,13 +55,14 @@ def _rms_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.T
                      backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dx, dw, dz = _impl(backend).rms_norm_bwd(dy, x, weight, z, rstd, norm_before_gate, group_size)
     # custom ops return tensors only: an absent input's gradient is an empty placeholder
-    return dx, (dw if dw is not None else x.new_empty(0)), (dz if dz is not None else x.new_empty(0))
+    return (dx.contiguous(), (dw.contiguous() if dw is not None else x.new_empty(0)),
+            (dz.contiguous() if dz is not None else x.new_empty(0)))
 
 
 @_rms_norm_bwd_op.register_fake
 def _(dy, x, weight, z, rstd, norm_before_gate, group_size, backend):
-    return (torch.empty_like(x), torch.empty_like(weight) if weight is not None else x.new_empty(0),
-            torch.empty_like(z) if z is not None else x.new_empty(0))
+    return (x.new_empty(x.shape), weight.new_empty(weight.shape) if weight is not None else x.new_empty(0),
+            z.new_empty(z.shape) if z is not None else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
