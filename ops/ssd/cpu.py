@@ -29,9 +29,9 @@ than the arithmetic on it). The backward (``cpu_bwd.py``) mirrors the forward bl
 reverse. Saved for backward: the inputs, the (N, R*P) state entering each chunk (in a flat buffer whose
 size does not depend on cu_seqlens' values, see ``states_capacity``) and, with z, the ungated y; the
 Q x Q masks are recomputed. Forward and backward are the custom ops ``parazoo::ssd_chunked`` and
-``parazoo::ssd_chunked_bwd`` (bottom of this file), so torch.compile traces through the C loops. Peak memory is O(block * H * Q * Q + (L / Q) * H * P * N);
-without a backward to follow (no grad), O(block * (H * Q * Q + H * P * N)): the states live one
-block at a time.
+``parazoo::ssd_chunked_bwd`` (bottom of this file), so torch.compile traces through the C loops.
+Peak memory is O(block * H * Q * Q + (L / Q) * H * P * N); without a backward to follow (no grad),
+O(block * (H * Q * Q + H * P * N)): the states live one block at a time.
 Accumulation is float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
@@ -221,7 +221,9 @@ def _forward(k: SSDChunks, initial_states, keep: bool):
     G, R, P, N, H = k.G, k.R, k.P, k.N, k.H
     y = k.xq.new_empty(S, Cs, Q, H, P)
     ypre = k.xq.new_empty(S, Cs, Q, H, P) if keep and k.zq is not None else None
-    flat = k.xq.new_empty(states_capacity(lay.b, lay.L, Q, lay.n_seqs, lay.pos is not None, G, N, H, P)) if keep else None
+    flat = None
+    if keep:
+        flat = k.xq.new_empty(states_capacity(lay.b, lay.L, Q, lay.n_seqs, lay.pos is not None, G, N, H, P))
     Hts = None if flat is None else states_view(flat, k)
     finals = k.xq.new_empty(G, lay.n_seqs, N, R, P)
     init_t = None if initial_states is None else k.state_t(initial_states.to(k.cdt))    # (G, n, N, R, P)
