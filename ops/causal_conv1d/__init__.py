@@ -7,6 +7,10 @@ x at negative t comes from initial_states (batch, dim, width-1), else 0; final_s
 (batch, dim, width-1) = the last width-1 inputs, left-padded with initial_states/zeros.
 cu_seqlens (flash-attn convention, batch 1) packs sequences: each sees zeros (or its own
 initial_states[i]) before its start; states are then (n_seqs, dim, width-1).
+seq_idx (batch, L) int, keyword only (causal_conv1d_fn's packing, any batch size): the window
+restarts wherever seq_idx changes along a row (``ops/_seq_idx.py``). Beyond upstream, which refuses
+states with seq_idx: initial_states (batch, dim, width-1) precede a row's tokens of sequence 0, and
+final_states are each row's last sequence's.
 
 causal_conv1d_update: conv_state is (batch, dim, S) with any S >= width-1 (upstream keeps
 S = width; width-1 also works). Only its last width-1 columns are read; after the call it holds
@@ -26,6 +30,7 @@ from typing import Optional
 import torch
 
 from .._backend import resolve_backend
+from .._seq_idx import seq_idx_packing
 from .._validate import check_cu_seqlens, check_same_device, check_tensor
 from . import cpu as _cpu
 from . import upstream as _upstream
@@ -97,15 +102,19 @@ def _check_activation(activation, op):
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   activation: str | None = None, initial_states: torch.Tensor | None = None,
                   return_final_states: bool = False, cu_seqlens: torch.Tensor | None = None,
-                  backend: str = "auto"):
+                  backend: str = "auto", *, seq_idx: torch.Tensor | None = None):
     """Causal depthwise conv1d over time (see the module docstring).
 
     x: (batch, dim, L); weight: (dim, width); bias: (dim,) or None; activation None/"silu"/"swish";
     initial_states: (batch, dim, width-1) ((n_seqs, dim, width-1) with cu_seqlens) or None;
-    cu_seqlens: (n_seqs + 1,) int cumulative starts of packed sequences (batch must be 1).
+    cu_seqlens: (n_seqs + 1,) int cumulative starts of packed sequences (batch must be 1);
+    seq_idx: (batch, L) int sequence index of every token (not with cu_seqlens).
     Returns y (batch, dim, L) in x's dtype [, final_states shaped like initial_states].
     """
     op = "causal_conv1d"
+    if seq_idx is not None:
+        return _conv_seq_idx(x, weight, bias, activation, initial_states, return_final_states, cu_seqlens,
+                             backend, seq_idx)
     dims = {}
     check_tensor("x", x, op=op, shape=("batch", "dim", "L"), dims=dims)
     check_tensor("weight", weight, op=op, shape=("dim", "width"), dims=dims)
@@ -131,6 +140,27 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if return_final_states:
         return y, _final_states(x, initial_states, cu_seqlens, dims["width"])
     return y
+
+
+def _conv_seq_idx(x, weight, bias, activation, initial_states, return_final_states, cu_seqlens, backend, seq_idx):
+    """causal_conv1d with seq_idx: the rows laid end to end as one packed row cut by ``SeqIdxPacking``."""
+    op = "causal_conv1d"
+    if cu_seqlens is not None:
+        raise ValueError(f"{op}: give packed sequences as 'seq_idx' or as 'cu_seqlens', not both")
+    dims = {}
+    check_tensor("x", x, op=op, shape=("batch", "dim", "L"), dims=dims)
+    check_tensor("weight", weight, op=op, shape=("dim", "width"), dims=dims)
+    check_tensor("initial_states", initial_states, op=op, shape=("batch", "dim", max(dims["width"] - 1, 0)),
+                 optional=True, dims=dims)
+    batch, dim, L = x.shape
+    packing = seq_idx_packing(seq_idx, batch, L, x.device, op)
+    if packing is None:                                         # L = 0: nothing to cut
+        return causal_conv1d(x, weight, bias, activation, initial_states, return_final_states, None, backend)
+    xp = x.transpose(0, 1).reshape(1, dim, batch * L)            # (1, dim, batch * L): a copy when batch > 1
+    out = causal_conv1d(xp, weight, bias, activation, packing.initial(initial_states), return_final_states,
+                        packing.cu_seqlens, backend)
+    y = (out[0] if return_final_states else out).reshape(dim, batch, L).transpose(0, 1).contiguous()
+    return (y, packing.row_finals(out[1])) if return_final_states else y
 
 
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,

@@ -146,6 +146,51 @@ def test_packed_equals_separate(backend, with_states):
     _check(packed, want, _names(b, h, True))
 
 
+# row 0: three sequences from index 0 (one of length 1); row 1: one sequence of index 3 (it ignores its initial
+# state: only sequence 0 takes one); row 2: two sequences from index 0
+SEQ_IDX = torch.tensor([[0] * 6 + [1] + [2] * 6,
+                        [3] * 13,
+                        [0] * 2 + [5] * 11])
+
+
+@pytest.mark.parametrize("channel_last", [False, True])
+@pytest.mark.parametrize("with_states", [False, True])
+def test_seq_idx_equals_each_sequence_separately(backend, with_states, channel_last):
+    """causal_conv1d_fn's seq_idx, any batch size: y, each row's final states and every gradient equal the
+    reference run on every sequence by itself (a row's initial state before its sequence 0 only)."""
+    B, D, L, W = 3, 6, 13, 4
+    x, w, b, h = _inputs(B, D, L, W, init=with_states, channel_last=channel_last)
+    out = causal_conv1d(x, w, b, "silu", h, True, backend=backend, seq_idx=SEQ_IDX)
+    g = _gen(1)
+    gy, gf = (torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out)
+    leaves = [t for t in (x, w, b, h) if t is not None]
+    got = (*out, *torch.autograd.grad((out[0] * gy.to(x.dtype)).sum() + (out[1] * gf.to(x.dtype)).sum(), leaves))
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    hd = h.detach().double().requires_grad_() if h is not None else None
+    rows, fins = [[] for _ in range(B)], [None] * B
+    for r, row in enumerate(SEQ_IDX.tolist()):
+        cuts = [0] + [t for t in range(1, L) if row[t] != row[t - 1]] + [L]
+        for s, e in zip(cuts[:-1], cuts[1:]):
+            init = hd[r:r + 1] if hd is not None and s == 0 and row[0] == 0 else None
+            y_i, fins[r] = causal_conv1d_reference(xd[r:r + 1, :, s:e], wd, bd, "silu", init, True)
+            rows[r].append(y_i)
+    y, fin = torch.cat([torch.cat(p, -1) for p in rows], 0), torch.cat(fins, 0)
+    lv = [t for t in (xd, wd, bd, hd) if t is not None]
+    want = (y, fin, *torch.autograd.grad((y * gy).sum() + (fin * gf).sum(), lv))
+    _check(got, want, _names(b, h, True))
+
+
+def test_seq_idx_constant_is_the_plain_conv_and_boundaries_cut():
+    """Tests that can fail: one sequence per row is the plain call; a boundary changes what follows it."""
+    x, w, b, h = _inputs(3, 4, 13, 3)
+    plain = causal_conv1d(x, w, b, None, h, backend="cpu")
+    same = causal_conv1d(x, w, b, None, h, backend="cpu", seq_idx=torch.zeros(3, 13, dtype=torch.int32))
+    assert_close(same, plain, dtype=torch.float32, name="y")
+    cut = causal_conv1d(x, w, b, None, h, backend="cpu", seq_idx=SEQ_IDX)
+    assert_close(cut[0, :, :6], plain[0, :, :6], dtype=torch.float32, name="y before the boundary")
+    assert (cut[0, :, 6:8] - plain[0, :, 6:8]).abs().max() > 1e-3
+
+
 def test_packed_sequences_do_not_leak():
     cu = torch.tensor([0, 4, 9])
     x, w, b, _ = _inputs(1, 3, 9, 4, init=False)
@@ -279,6 +324,15 @@ def test_delegates_to_causal_conv1d_package_on_cuda(monkeypatch, triton_interpre
                            cu_seqlens=torch.tensor([0, 2, 5])), r"'initial_states'.*\(2, 3, 3\)"),
     (lambda: causal_conv1d(torch.ones(1, 3, 5), torch.ones(3, 4), return_final_states=1), "'return_final_states'"),
     (lambda: causal_conv1d(torch.ones(1, 3, 5), torch.ones(3, 4), backend="gpu"), "backend must be one of"),
+    (lambda: causal_conv1d(torch.ones(2, 3, 5), torch.ones(3, 4), seq_idx=torch.zeros(2, 4, dtype=torch.int32)),
+     r"'seq_idx'.*\(2, 5\)"),
+    (lambda: causal_conv1d(torch.ones(1, 3, 5), torch.ones(3, 4), seq_idx=torch.tensor([[0, 1, 1, 0, 0]])),
+     "'seq_idx'.*non-decreasing"),
+    (lambda: causal_conv1d(torch.ones(1, 3, 5), torch.ones(3, 4), seq_idx=torch.zeros(1, 5)), "'seq_idx'.*integer"),
+    (lambda: causal_conv1d(torch.ones(1, 3, 5), torch.ones(3, 4), seq_idx=torch.zeros(1, 5, dtype=torch.int32),
+                           cu_seqlens=torch.tensor([0, 5])), "'seq_idx' or as 'cu_seqlens'"),
+    (lambda: causal_conv1d(torch.ones(2, 3, 5), torch.ones(3, 4), initial_states=torch.ones(1, 3, 3),
+                           seq_idx=torch.zeros(2, 5, dtype=torch.int32)), r"'initial_states'.*\(2, 3, 3\)"),
     (lambda: causal_conv1d_update(torch.ones(2, 3), torch.ones(2, 3, 2), torch.ones(3, 4)),
      r"'conv_state'.*S >= width-1 = 3.*\(2, 3, 2\)"),
     (lambda: causal_conv1d_update(torch.ones(2, 3), torch.ones(1, 3, 4), torch.ones(3, 4)), r"'conv_state'.*batch"),

@@ -443,6 +443,164 @@ def test_cu_seqlens_resets_the_state():
     assert (y_packed[:, 20:] - y_plain[:, 20:]).abs().max() > 1e-3
 
 
+# seq_idx rows: row 0 holds three sequences starting at index 0; row 1 one sequence of index 2 (it starts
+# from zeros even with initial states: only sequence 0 takes them); row 2 two, the first of length 1
+SEQ_IDX = torch.tensor([[0] * 9 + [1] * 20 + [4] * 8,
+                        [2] * 37,
+                        [0] + [1] * 36])
+
+
+def _segments(seq_idx):
+    """(row, start, stop) of every sequence of every row of seq_idx, in order."""
+    out = []
+    for r, row in enumerate(seq_idx.tolist()):
+        start = 0
+        for t in range(1, len(row) + 1):
+            if t == len(row) or row[t] != row[t - 1]:
+                out.append((r, start, t))
+                start = t
+    return out
+
+
+def _run_seq_idx(backend, ins, seq_idx, dtype, **kw):
+    """y, per-row final states and the gradients of a fixed random cotangent, through seq_idx."""
+    leaves = {k: (v.detach().to(dtype).requires_grad_(True) if v is not None else None) for k, v in ins.items()}
+    y, final = ssd_scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], 16, D=leaves["D"],
+                        z=leaves["z"], dt_bias=leaves["dt_bias"], dt_softplus=True,
+                        initial_states=leaves["initial_states"], return_final_states=True, seq_idx=seq_idx,
+                        backend=backend, **kw)
+    g = torch.Generator().manual_seed(3)
+    gy, gf = (torch.randn(t.shape, generator=g, dtype=torch.float64).to(dtype) for t in (y, final))
+    ((y * gy).sum() + (final * gf).sum()).backward()
+    return y, final, {k: (v.grad if v is not None else None) for k, v in leaves.items()}, (gy, gf)
+
+
+def _seq_idx_separately(ins, seq_idx, cot):
+    """The same outputs and gradients from the reference run on every sequence by itself: a row's initial
+    state goes to its first sequence when that sequence's index is 0, zeros to every other one."""
+    gy, gf = (t.double() for t in cot)
+    leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in ins.items()}
+    b, L, H, P = ins["x"].shape
+    N = ins["B"].shape[-1]
+    rows, finals, total = [[] for _ in range(b)], [None] * b, 0
+    for r, lo, hi in _segments(seq_idx):
+        init = None
+        if leaves["initial_states"] is not None:
+            init = (leaves["initial_states"][r:r + 1] if lo == 0 and int(seq_idx[r, 0]) == 0
+                    else torch.zeros(1, H, P, N, dtype=torch.float64))
+        y, f = ssd_scan(leaves["x"][r:r + 1, lo:hi], leaves["dt"][r:r + 1, lo:hi], leaves["A"],
+                        leaves["B"][r:r + 1, lo:hi], leaves["C"][r:r + 1, lo:hi], 16, D=leaves["D"],
+                        z=leaves["z"][r:r + 1, lo:hi], dt_bias=leaves["dt_bias"], dt_softplus=True,
+                        initial_states=init, return_final_states=True, backend="reference")
+        rows[r].append(y)
+        finals[r] = f
+        total = total + (y * gy[r:r + 1, lo:hi]).sum()
+    final = torch.cat(finals, 0)
+    (total + (final * gf).sum()).backward()
+    y = torch.cat([torch.cat(parts, 1) for parts in rows], 0)
+    return y, final, {k: (v.grad if v is not None else None) for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_seq_idx_equals_each_sequence_separately(backend, dtype, request):
+    """mamba_ssm's seq_idx (any batch size): forward, per-row final states and every gradient equal the
+    reference run on each sequence by itself."""
+    if backend == "triton":
+        request.getfixturevalue("triton_interpreter")
+    ins = make_inputs(3, 37, 4, 3, 2, 5, D="HP", z=True, dt_bias=True, init=True)
+    y, final, grads, cot = _run_seq_idx(backend, ins, SEQ_IDX, dtype)
+    check_against((y, final, grads), _seq_idx_separately(ins, SEQ_IDX, cot), dtype)
+
+
+def test_seq_idx_resets_and_initial_state_rule():
+    """Tests that can fail: a constant seq_idx is the plain scan; the reset changes the later sequences; a
+    row that does not start at sequence 0 ignores its initial state."""
+    ins = make_inputs(3, 37, 2, 3, 1, 4, init=True)
+    args = (ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 16)
+    plain = ssd_scan(*args, initial_states=ins["initial_states"], backend="cpu")
+    same = ssd_scan(*args, initial_states=ins["initial_states"], seq_idx=torch.zeros(3, 37, dtype=torch.int32),
+                    backend="cpu")
+    assert_close(same, plain, dtype=torch.float64, name="y")
+    y = ssd_scan(*args, initial_states=ins["initial_states"], seq_idx=SEQ_IDX, backend="cpu")
+    assert_close(y[0, :9], plain[0, :9], dtype=torch.float64, name="y before the first boundary")
+    assert (y[0, 9:] - plain[0, 9:]).abs().max() > 1e-3
+    no_init = ssd_scan(*args, backend="cpu")
+    assert_close(y[1], no_init[1], dtype=torch.float64, name="row starting at sequence 2")
+    assert (y[1] - plain[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_seq_idx_with_cu_seqlens_returns_varlen_states(backend, request):
+    """mamba_ssm's varlen call: batch 1, seq_idx and cu_seqlens of the same sequences,
+    return_varlen_states -> (y, final state of the row, last state of every sequence)."""
+    if backend == "triton":
+        request.getfixturevalue("triton_interpreter")
+    ins = make_inputs(1, 37, 2, 3, 1, 4, init=True)
+    seq_idx = SEQ_IDX[:1]
+    cu = torch.tensor([0, 9, 29, 37], dtype=torch.int32)
+    args = (ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 16)
+    y, final, varlen = ssd_scan(*args, initial_states=ins["initial_states"], seq_idx=seq_idx, cu_seqlens=cu,
+                                return_final_states=True, return_varlen_states=True, backend=backend)
+    per_seq = torch.cat([ins["initial_states"], torch.zeros(2, 2, 3, 4, dtype=torch.float64)])
+    y_cu, f_cu = ssd_scan(*args, initial_states=per_seq, cu_seqlens=cu, return_final_states=True, backend="reference")
+    assert_close(y, y_cu, dtype=torch.float64, name="y")
+    assert varlen.shape == (3, 2, 3, 4) and final.shape == (1, 2, 3, 4)
+    assert_close(varlen, f_cu, dtype=torch.float64, name="varlen_states")
+    assert_close(final, f_cu[-1:], dtype=torch.float64, name="final_states")
+    # cu_seqlens alone (parazoo's per-sequence initial states): the same varlen states, and y, varlen only
+    y2, varlen2 = ssd_scan(*args, initial_states=per_seq, cu_seqlens=cu, return_varlen_states=True, backend=backend)
+    assert_close(y2, y_cu, dtype=torch.float64, name="y")
+    assert_close(varlen2, f_cu, dtype=torch.float64, name="varlen_states")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_dt_limit_clamps_after_softplus(backend, request):
+    """dt_limit = (lo, hi): the scan sees clamp(softplus(dt + dt_bias), lo, hi), and no gradient flows to
+    dt or dt_bias where it clamps."""
+    if backend == "triton":
+        request.getfixturevalue("triton_interpreter")
+    ins = make_inputs(2, 23, 3, 2, 1, 4, D="H", dt_bias=True)
+    ins["dt"] = torch.randn(2, 23, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 2
+    lo, hi = 0.2, 1.5
+    pre = torch.nn.functional.softplus(ins["dt"] + ins["dt_bias"])
+    assert ((pre < lo).sum() > 5) and ((pre > hi).sum() > 5), "the case must clamp on both sides"
+    outs = []
+    for limit in ((lo, hi), "explicit"):
+        leaves = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in ins.items()}
+        if limit == "explicit":     # the clamp written out, into the reference
+            dtp = torch.nn.functional.softplus(leaves["dt"] + leaves["dt_bias"]).clamp(lo, hi)
+            y = ssd_scan(leaves["x"], dtp, leaves["A"], leaves["B"], leaves["C"], 8, D=leaves["D"],
+                         backend="reference")
+        else:
+            y = ssd_scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], 8, D=leaves["D"],
+                         dt_bias=leaves["dt_bias"], dt_softplus=True, dt_limit=limit, backend=backend)
+        y.pow(2).sum().backward()
+        outs.append((y, {k: leaves[k].grad for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")}))
+    (y, g), (ye, ge) = outs
+    assert_close(y, ye, dtype=torch.float64, name="y")
+    for k in g:
+        assert_close(g[k], ge[k], dtype=torch.float64, name=f"d{k}")
+    clamped = (pre < lo) | (pre > hi)
+    assert bool((g["dt"][clamped] == 0).all()) and bool((g["dt"][~clamped] != 0).all())
+    # without dt_limit the same inputs give another result
+    y_free = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 8, D=ins["D"], dt_bias=ins["dt_bias"],
+                      dt_softplus=True, backend=backend)
+    assert (y_free - y.detach()).abs().max() > 1e-3
+
+
+def test_mamba_ssm_keyword_call_ports():
+    """mamba_ssm's Mamba-2 calls mamba_chunk_scan_combined with these keywords; the same call runs here."""
+    ins = make_inputs(2, 20, 4, 3, 2, 5, dtype=torch.float32, D="H", z=True, dt_bias=True)
+    y, final = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], chunk_size=8, D=ins["D"], z=ins["z"],
+                        dt_bias=ins["dt_bias"], dt_softplus=True, seq_idx=None, cu_seqlens=None,
+                        dt_limit=(0.0, float("inf")), return_final_states=True, return_varlen_states=False)
+    y0, f0 = ssd_scan(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 8, D=ins["D"], z=ins["z"],
+                      dt_bias=ins["dt_bias"], dt_softplus=True, return_final_states=True)
+    assert_close(y, y0, dtype=torch.float32, name="y")
+    assert_close(final, f0, dtype=torch.float32, name="final_states")
+
+
 @pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
 def test_gradcheck_float64(backend, request):
     if backend == "triton":
@@ -516,6 +674,16 @@ BAD = [
     (dict(x=torch.randn(2, 8, 4, 3), dt=torch.rand(2, 8, 4), B=torch.randn(2, 8, 2, 4), C=torch.randn(2, 8, 2, 4),
           cu_seqlens=torch.tensor([0, 8])), "batch size 1"),
     (dict(backend="gpu"), "backend"),
+    (dict(seq_idx=torch.zeros(1, 8)), "'seq_idx'.*integer"),
+    (dict(seq_idx=torch.zeros(1, 7, dtype=torch.int32)), r"'seq_idx'.*shape \(batch, L\)"),
+    (dict(seq_idx=torch.tensor([[0, 0, 1, 1, 0, 0, 2, 2]])), "'seq_idx'.*non-decreasing.*t=3"),
+    (dict(seq_idx=torch.full((1, 8), -1)), "'seq_idx'.*>= 0"),
+    (dict(seq_idx=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]]), cu_seqlens=torch.tensor([0, 3, 8])),
+     "'cu_seqlens' and 'seq_idx'"),
+    (dict(seq_idx=torch.zeros(1, 8, dtype=torch.int64), initial_states=torch.randn(2, 4, 3, 4)), "'initial_states'"),
+    (dict(dt_limit=(1.0, 0.5)), "'dt_limit'.*lo <= hi"),
+    (dict(dt_limit=0.5), "'dt_limit'.*pair"),
+    (dict(return_varlen_states=True), "'cu_seqlens'"),
 ]
 
 
