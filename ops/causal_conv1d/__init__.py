@@ -156,6 +156,11 @@ def _conv_seq_idx(x, weight, bias, activation, initial_states, return_final_stat
     packing = seq_idx_packing(seq_idx, batch, L, x.device, op)
     if packing is None:                                         # L = 0: nothing to cut
         return causal_conv1d(x, weight, bias, activation, initial_states, return_final_states, None, backend)
+    if resolve_backend(backend, x, weight, bias, initial_states, op=op) == "triton":
+        fn = _upstream.fn_for_seq_idx(x, weight, initial_states, return_final_states)
+        if fn is not None:
+            _check_activation(activation, op)
+            return _upstream.call_fn(fn, x, weight, bias, activation, None, False, seq_idx)
     xp = x.transpose(0, 1).reshape(1, dim, batch * L)            # (1, dim, batch * L): a copy when batch > 1
     out = causal_conv1d(xp, weight, bias, activation, packing.initial(initial_states), return_final_states,
                         packing.cu_seqlens, backend)

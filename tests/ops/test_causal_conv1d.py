@@ -298,8 +298,16 @@ def test_delegates_to_causal_conv1d_package_on_cuda(monkeypatch, triton_interpre
     assert kind == "update" and kwargs == {} and len(args) == 5
     assert args[1] is state and args[2] is w and args[3] is b and args[4] == "swish"
 
+    seq_idx = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0] * 8])  # mamba_ssm's packing: passed through as int32
+    assert causal_conv1d(x, w, b, "silu", backend="triton", seq_idx=seq_idx) == "fn-result"
+    kind, args, kwargs = fake.calls[-1]
+    assert args[0] is x and args[3].dtype == torch.int32 and torch.equal(args[3], seq_idx.int())
+    assert args[4] is None and args[5] is False and args[7] == "silu"
+
     # cases upstream does not take stay on parazoo's kernels
     n = len(fake.calls)
+    causal_conv1d(x.detach(), w.detach(), b, None, h, backend="triton", seq_idx=seq_idx)  # seq_idx with states
+    causal_conv1d(x.detach().contiguous(), w.detach(), backend="triton", seq_idx=seq_idx)  # seq_idx, time-contiguous
     causal_conv1d(x.detach().double(), w.detach().double(), backend="triton")           # float64
     causal_conv1d(x[:1].detach(), w.detach(), cu_seqlens=torch.tensor([0, 3, 8]), backend="triton")  # packed
     causal_conv1d(x.detach().contiguous(), w.detach(), None, None, h, backend="triton")  # states, time-contiguous
