@@ -8,6 +8,8 @@ compiled per NS; the pad entries have A = 0, B = C = 0: they stay 0 and add noth
 
     a[n] = exp(dl_t A[:, n]);  h[n] = a[n] h[n] + (dl_t u_t) B_t[n];  y_t = sum_n C_t[n] h[n] + D u_t
 
+(the decays computed as 2^(dl_t A[:, n] log2 e), A scaled once per block, see vexp2).
+
 B_t[n], C_t[n] are scalars shared by the block's channels, broadcast from B, C transposed to
 (batch, G, L, N) (one cache line per step; in the (N, L) layout the 2N rows 4 KiB apart would
 all fall into one L1 set and thrash it), the sum over n is a per-lane FMA chain (no
@@ -90,6 +92,16 @@ static inline vf vexp(vf x) {
     const vf rv = (vf)r;
     return (vf)_mm512_scalef_ps((__m512)exp_poly(rv), k);
 }
+/* 2^y on 16 lanes, for the decays e^(dl A) = 2^(dl A log2 e) with A log2 e scaled once per block: k = round(y)
+   and f = y - k in [-1/2, 1/2] are exact, so the two-step ln2 reduction of vexp becomes one product r = f ln2,
+   and y needs no clamp (vscalefps takes any finite k): 4 operations fewer per state entry and step. y must not
+   be -inf (inf - inf = NaN): load_params bounds A log2 e below by -1e20, so dl A log2 e stays finite for any
+   dl < 3e18. The tests check <= 2 ulp from exp2 on a dense grid of [-126, 0] (ss_exp2_blk_f32). */
+static inline vf vexp2(vf y) {
+    const __m512 k = _mm512_roundscale_ps((__m512)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const vf r = (y - (vf)k) * 0.6931471805599453f;
+    return (vf)_mm512_scalef_ps((__m512)exp_poly(r), k);
+}
 #else
 static inline vf vexp(vf x) {
     const vf lo = (vf){} - 87.0f, hi = (vf){} + 88.0f;
@@ -98,6 +110,15 @@ static inline vf vexp(vf x) {
     const vf kf = (x * 1.4426950408889634f + 12582912.0f) - 12582912.0f;
     vf r = x - kf * 0.693145751953125f;
     r = r - kf * 1.4286068203094172e-06f;
+    const vi bits = (__builtin_convertvector(kf, vi) + 127) << 23;
+    return exp_poly(r) * (vf)bits;
+}
+static inline vf vexp2(vf y) {
+    const vf lo = (vf){} - 126.0f, hi = (vf){} + 127.0f;
+    y = vsel(y < lo, lo, y);
+    y = vsel(y > hi, hi, y);
+    const vf kf = (y + 12582912.0f) - 12582912.0f;
+    const vf r = (y - kf) * 0.6931471805599453f;
     const vi bits = (__builtin_convertvector(kf, vi) + 127) << 23;
     return exp_poly(r) * (vf)bits;
 }
@@ -225,6 +246,17 @@ void ss_exp_blk_f32(const float* x, float* y, int64_t n) {
     }
 }
 
+/* y = vexp2(x) elementwise (for the accuracy test) */
+void ss_exp2_blk_f32(const float* x, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; i += W) {
+        float buf[W] = {0};
+        const int64_t m = n - i < W ? n - i : W;
+        memcpy(buf, x + i, sizeof(float) * m);
+        vstore(buf, vexp2(vload(buf)));
+        memcpy(y + i, buf, sizeof(float) * m);
+    }
+}
+
 /* 64-byte aligned blocks for vf buffers (plain C99: no posix_memalign), the malloc'd pointer kept just before */
 static void* amalloc(size_t bytes) {
     char* raw = (char*)malloc(bytes + 64 + sizeof(void*));
@@ -266,8 +298,12 @@ static inline void rows_out_ns(const vf* m, int64_t stride, float* X, int stream
     for (int q = 0; q < NS; q += 16) rows_out(m + q, stride, X + q, stream);
 }
 
+/* Av[n] = A[:, n] log2 e, at least -1e20 (the decays are vexp2(dl Av[n]) = e^(dl A); the bound keeps -inf out of
+   vexp2 and changes no decay unless dl < 1e-18), Dd = D, Bias = delta_bias of the block's channels */
 static inline void load_params(const float* A, const float* Dv, const float* dbias, int64_t d0, vf* Av, vf* Dd, vf* Bias) {
     rows_in_ns(A + d0 * NS, NS, Av);
+    const vf lo = (vf){} - 1e20f;
+    for (int n = 0; n < NS; n++) { Av[n] *= 1.4426950408889634f; Av[n] = vsel(Av[n] < lo, lo, Av[n]); }
     for (int j = 0; j < W; j++) { (*Dd)[j] = Dv ? Dv[d0 + j] : 0.0f; (*Bias)[j] = dbias ? dbias[d0 + j] : 0.0f; }
 }
 
@@ -311,7 +347,7 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                     if (reset[t]) for (int n = 0; n < NS; n++) h[n] = (vf){};
                     vf acc0 = Dd * x, acc1 = (vf){};
                     for (int n = 0; n < NS; n += 2) {
-                        const vf a0 = vexp(dlv * Av[n]), a1 = vexp(dlv * Av[n + 1]);
+                        const vf a0 = vexp2(dlv * Av[n]), a1 = vexp2(dlv * Av[n + 1]);
                         h[n] = a0 * h[n] + dlx * Bb[t * NS + n];
                         h[n + 1] = a1 * h[n + 1] + dlx * Bb[t * NS + (n + 1)];
                         acc0 += Cb[t * NS + n] * h[n];
@@ -386,7 +422,7 @@ static inline __attribute__((always_inline)) void bwd_part(
             const vf gn = g[i] + dy * Cn;                                           /* g_t */
             const vf ga = gn * ak[n - s0];                                          /* g_{t-1} before a reset */
             const vf gah = ga * hp[n - s0];                                         /* g a h_{t-1} */
-            pdA += gah * Av[n];
+            pdA += gah * Av[n];                                                     /* times ln 2 at the end */
             dA[i] += gah * dlv;
             pb += gn * Bn;
             bk[n] += gn * dlx;                                                      /* dB_t[n], lane-wise */
@@ -400,7 +436,7 @@ static inline __attribute__((always_inline)) void bwd_part(
         } else {
             pb += vload(T.tdu + k * W);
             vstore(T.tdu + k * W, dy * Dd + dlv * pb);                             /* du */
-            const vf dd = (vload(T.tdd + k * W) + pdA + x * pb) * vload(T.tsg + k * W);
+            const vf dd = ((vload(T.tdd + k * W) + pdA) * 0.6931471805599453f + x * pb) * vload(T.tsg + k * W);
             vstore(T.tdd + k * W, dd);                                              /* ddelta = ddl d dl / d delta */
             db += dd;
             dD += dy * x;
@@ -506,7 +542,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         vf* ck = accC + ((gc - gC0) * K + k) * NS;
                         vf p0 = s0 == 0 ? Dd * vload(tu + k * W) : (z ? vload(tdz + k * W) : (vf){}), p1 = (vf){};
                         for (int n = s0; n < s0 + SLAB; n += 2) {
-                            const vf a0 = vexp(dlv * Av[n]), a1 = vexp(dlv * Av[n + 1]);
+                            const vf a0 = vexp2(dlv * Av[n]), a1 = vexp2(dlv * Av[n + 1]);
                             ak[n - s0] = a0; ak[n - s0 + 1] = a1;
                             const vf h0 = a0 * hp[n - s0] + dlx * Bb[t * NS + n], h1 = a1 * hp[n - s0 + 1] + dlx * Bb[t * NS + n + 1];
                             hk[n - s0] = h0; hk[n - s0 + 1] = h1;
@@ -556,7 +592,8 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
 _FWD_ARGS = [PTR] * 14 + [I64] * 9
 _BWD_ARGS = [PTR] * 22 + [I64] * 12
 
-_FUNCTIONS = {"ss_fwd_blk_f32": _FWD_ARGS, "ss_bwd_blk_f32": _BWD_ARGS, "ss_exp_blk_f32": [PTR, PTR, I64]}
+_FUNCTIONS = {"ss_fwd_blk_f32": _FWD_ARGS, "ss_bwd_blk_f32": _BWD_ARGS, "ss_exp_blk_f32": [PTR, PTR, I64],
+              "ss_exp2_blk_f32": [PTR, PTR, I64]}
 _LIBS: dict[int, CKernel] = {}
 
 

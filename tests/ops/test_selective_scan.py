@@ -253,6 +253,44 @@ def test_blocked_kernel_exp_is_within_2_ulp():
     assert y[-5] >= 1.6e38 and y[-1] >= 1.6e38 and torch.all(y[-4:-1] <= 1.7e-38) and not y.isnan().any()
 
 
+def test_blocked_kernel_exp2_is_within_2_ulp():
+    """The decays' 2^y (round, one ln2 product, the degree-6 polynomial, 2^k) against exp2 in float64 on a
+    dense grid of [-126, 0] (dl * A log2 e), plus its limits: 0 far below, never NaN for finite y."""
+    lib = cpu_block_kernel.BLK_LIB.load()
+    if lib is None:
+        pytest.skip("the channel-blocked kernels do not compile here")
+    from parazoo.ops._cpu_jit import ptr
+    x = torch.cat([torch.linspace(-126.0, 0.0, 2_000_003), torch.tensor([-0.5, 0.5, -1e-30, 3.7, -150.0, -1e4,
+                                                                            -3e38])])
+    y = torch.empty_like(x)
+    lib.ss_exp2_blk_f32(ptr(x), ptr(y), x.numel())
+    ref = torch.exp2(x.double())
+    grid, rg = y[:-7].double(), ref[:-7]
+    rg32 = rg.float()
+    ulp = (torch.nextafter(rg32, torch.full_like(rg32, float("inf"))) - rg32).double()
+    assert ((grid - rg).abs() / ulp).max() <= 2.0
+    assert_close(y[-7:-3].double(), ref[-7:-3], rtol=3e-7, atol=0, name="exp2 at the reduction's edges and above 0")
+    assert torch.all(y[-3:] <= 1.2e-38) and not y.isnan().any()
+
+
+def test_blocked_kernels_extreme_decays_match_reference():
+    """A = -inf or -1e30 (the kernels bound A log2 e at -1e20 so that their 2^y never sees -inf), A = 0, and
+    dl from 6e-16 to 1e6: the float32 forward equals the float64 reference, with no NaN."""
+    g = torch.Generator().manual_seed(0)
+    dim, N, L = 16, 16, 9
+    A = -torch.rand(dim, N, generator=g, dtype=torch.float64) * 3
+    A[0, :4] = -float("inf")
+    A[1, :4] = -1e30
+    A[2, :4] = 0.0
+    delta = torch.randn(1, dim, L, generator=g, dtype=torch.float64)
+    delta[0, :, 3:6] = torch.tensor([-35.0, 1e6, 30.0])                           # dl 6e-16, 1e6, 30 at t = 3, 4, 5
+    u, B, C = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((1, dim, L), (1, N, L), (1, N, L)))
+    want = selective_scan(u, delta, A, B, C, delta_softplus=True, backend="reference")
+    got = selective_scan(*(t.float() for t in (u, delta, A, B, C)), delta_softplus=True, backend="cpu")
+    assert not got.isnan().any()
+    assert_close(got, want, dtype=torch.float32, name="y")
+
+
 H0_CASES = {  # initial_state; T37: more than one 16-step tile in the interpreter
     "T37_h0": (2, 2, 37, 4, None, None, True, True, True, True),
     "T1_h0_no_softplus": (1, 2, 1, 3, 2, None, True, False, True, False),
