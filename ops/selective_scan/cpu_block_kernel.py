@@ -103,7 +103,7 @@ static inline vf vexp(vf x) {
    and f = y - k in [-1/2, 1/2] are exact, so the two-step ln2 reduction of vexp goes (2^f by exp2_poly), and y
    needs no clamp (vscalefps takes any finite k): 5 operations fewer per state entry and step. y must not
    be -inf (inf - inf = NaN): load_params bounds A log2 e below by -1e20, so dl A log2 e stays finite for any
-   dl < 3e18. The tests check <= 2 ulp from exp2 on a dense grid of [-126, 0] (ss_exp2_blk_f32). */
+   dl < 3e18. The tests check <= 2 ulp from exp2 on a dense grid of [-126, 0] (ss_exp_blk_f32, base2). */
 static inline vf vexp2(vf y) {
     const __m512 k = _mm512_roundscale_ps((__m512)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return (vf)_mm512_scalef_ps((__m512)exp2_poly(y - (vf)k), k);
@@ -240,24 +240,13 @@ static inline vf vgate(vf zz, vf* sz) {
    row (k & 15) at step k: a block reads 16 row segments per chunk, too many streams for the hardware prefetcher */
 #define PREFETCH_ROWS(X, S, t0, k, rw) __builtin_prefetch((X) + ((k) & 15) * (S) + (t0) + ((k) & 48), rw)
 
-/* y = vexp(x) elementwise (for the accuracy test) */
-void ss_exp_blk_f32(const float* x, float* y, int64_t n) {
+/* y = vexp(x), or vexp2(x) with base2, elementwise (for the accuracy tests) */
+void ss_exp_blk_f32(const float* x, float* y, int64_t n, int64_t base2) {
     for (int64_t i = 0; i < n; i += W) {
         float buf[W] = {0};
         const int64_t m = n - i < W ? n - i : W;
         memcpy(buf, x + i, sizeof(float) * m);
-        vstore(buf, vexp(vload(buf)));
-        memcpy(y + i, buf, sizeof(float) * m);
-    }
-}
-
-/* y = vexp2(x) elementwise (for the accuracy test) */
-void ss_exp2_blk_f32(const float* x, float* y, int64_t n) {
-    for (int64_t i = 0; i < n; i += W) {
-        float buf[W] = {0};
-        const int64_t m = n - i < W ? n - i : W;
-        memcpy(buf, x + i, sizeof(float) * m);
-        vstore(buf, vexp2(vload(buf)));
+        vstore(buf, base2 ? vexp2(vload(buf)) : vexp(vload(buf)));
         memcpy(y + i, buf, sizeof(float) * m);
     }
 }
@@ -601,8 +590,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
 _FWD_ARGS = [PTR] * 14 + [I64] * 9
 _BWD_ARGS = [PTR] * 22 + [I64] * 12
 
-_FUNCTIONS = {"ss_fwd_blk_f32": _FWD_ARGS, "ss_bwd_blk_f32": _BWD_ARGS, "ss_exp_blk_f32": [PTR, PTR, I64],
-              "ss_exp2_blk_f32": [PTR, PTR, I64]}
+_FUNCTIONS = {"ss_fwd_blk_f32": _FWD_ARGS, "ss_bwd_blk_f32": _BWD_ARGS, "ss_exp_blk_f32": [PTR, PTR, I64, I64]}
 _LIBS: dict[int, CKernel] = {}
 
 

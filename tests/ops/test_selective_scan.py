@@ -233,45 +233,44 @@ def test_random_shapes_match_reference(case, h0, threads):
         torch.set_num_threads(old)
 
 
-def test_blocked_kernel_exp_is_within_2_ulp():
-    """The blocked kernels' float32 exp (Cody-Waite + degree-6 polynomial + 2^k) against torch.exp
-    on a dense grid of [-87, 0] (the range of dl * A), plus its limits."""
+def _blocked_exp(x, base2):
     lib = cpu_block_kernel.BLK_LIB.load()
     if lib is None:
         pytest.skip("the channel-blocked kernels do not compile here")
     from parazoo.ops._cpu_jit import ptr
+    y = torch.empty_like(x)
+    lib.ss_exp_blk_f32(ptr(x), ptr(y), x.numel(), int(base2))
+    return y
+
+
+def _assert_within_2_ulp(y, ref):
+    """float32 y against a float64 reference, in units of the float32 spacing at the reference. (Not against
+    torch's float32 exp: on this VM it has returned values 1e-4 off in one thread's half of a tensor, in about
+    one fresh process in ten, seen 2026-11-22.)"""
+    r32 = ref.float()
+    ulp = (torch.nextafter(r32, torch.full_like(r32, float("inf"))) - r32).double()
+    assert ((y.double() - ref).abs() / ulp).max() <= 2.0
+
+
+def test_blocked_kernel_exp_is_within_2_ulp():
+    """The blocked kernels' float32 exp (Cody-Waite + degree-6 polynomial + 2^k), used by their pointwise parts,
+    against float64 exp on a dense grid of [-87, 0], plus its limits."""
     x = torch.cat([torch.linspace(-87.0, 0.0, 2_000_003), torch.tensor([-1e-30, 1e-3, 5.0, 88.0, 89.0, -104.0, -1e4,
                                                                            -float("inf"), float("inf")])])
-    y = torch.empty_like(x)
-    lib.ss_exp_blk_f32(ptr(x), ptr(y), x.numel())
-    # the reference in float64: torch's float32 exp on this VM has returned values 1e-4 off in one thread's
-    # half of the tensor, in about one fresh process in ten (seen 2026-11-22)
-    ref = torch.exp(x.double())
-    grid, rg = y[:-9].double(), ref[:-9]
-    rg32 = rg.float()
-    ulp = (torch.nextafter(rg32, torch.full_like(rg32, float("inf"))) - rg32).double()
-    assert ((grid - rg).abs() / ulp).max() <= 2.0
+    y, ref = _blocked_exp(x, False), torch.exp(x.double())
+    _assert_within_2_ulp(y[:-9], ref[:-9])
     assert_close(y[-9:-5].double(), ref[-9:-5], rtol=3e-7, atol=0, name="exp near 0 and up to 88")
     # beyond the range: huge (inf with AVX-512's vscalefps, exp(88) in the portable clamp) or tiny, never NaN
     assert y[-5] >= 1.6e38 and y[-1] >= 1.6e38 and torch.all(y[-4:-1] <= 1.7e-38) and not y.isnan().any()
 
 
 def test_blocked_kernel_exp2_is_within_2_ulp():
-    """The decays' 2^y (round, one ln2 product, the degree-6 polynomial, 2^k) against exp2 in float64 on a
-    dense grid of [-126, 0] (dl * A log2 e), plus its limits: 0 far below, never NaN for finite y."""
-    lib = cpu_block_kernel.BLK_LIB.load()
-    if lib is None:
-        pytest.skip("the channel-blocked kernels do not compile here")
-    from parazoo.ops._cpu_jit import ptr
+    """The decays' 2^y (exact round, the polynomial in y - round(y), 2^k) against float64 exp2 on a dense grid
+    of [-126, 0] (dl * A log2 e), plus its limits: 0 far below, never NaN for finite y."""
     x = torch.cat([torch.linspace(-126.0, 0.0, 2_000_003), torch.tensor([-0.5, 0.5, -1e-30, 3.7, -150.0, -1e4,
                                                                             -3e38])])
-    y = torch.empty_like(x)
-    lib.ss_exp2_blk_f32(ptr(x), ptr(y), x.numel())
-    ref = torch.exp2(x.double())
-    grid, rg = y[:-7].double(), ref[:-7]
-    rg32 = rg.float()
-    ulp = (torch.nextafter(rg32, torch.full_like(rg32, float("inf"))) - rg32).double()
-    assert ((grid - rg).abs() / ulp).max() <= 2.0
+    y, ref = _blocked_exp(x, True), torch.exp2(x.double())
+    _assert_within_2_ulp(y[:-7], ref[:-7])
     assert_close(y[-7:-3].double(), ref[-7:-3], rtol=3e-7, atol=0, name="exp2 at the reduction's edges and above 0")
     assert torch.all(y[-3:] <= 1.2e-38) and not y.isnan().any()
 
