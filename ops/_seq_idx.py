@@ -27,8 +27,6 @@ __all__ = ["SeqIdxPacking", "seq_idx_packing"]
 @dataclass(frozen=True)
 class SeqIdxPacking:
     """How a (batch, L) seq_idx maps onto one packed row of batch * L tokens."""
-    batch: int
-    L: int
     cu_seqlens: torch.Tensor    # (n_seqs + 1,) int64, on the tokens' device
     first: torch.Tensor         # (batch,) packed index of each row's first sequence
     last: torch.Tensor          # (batch,) packed index of each row's last sequence
@@ -81,4 +79,4 @@ def seq_idx_packing(seq_idx, batch: int, L: int, device, op: str) -> SeqIdxPacki
     last = per_row.cumsum(0) - 1
     first = last - per_row + 1
     init_rows = (s[:, 0] == 0).nonzero().squeeze(1)
-    return SeqIdxPacking(batch, L, cu.to(device), first.to(device), last.to(device), init_rows.to(device))
+    return SeqIdxPacking(cu.to(device), first.to(device), last.to(device), init_rows.to(device))
