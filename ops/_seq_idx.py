@@ -14,6 +14,10 @@ tokens of row r whose seq_idx is 0 at the start of the row; a row starting at an
 from zeros, and so does every later sequence of a row. The final state of row r is the state at the
 end of its last sequence. seq_idx must be >= 0 and non-decreasing along each row (mamba_ssm does not
 check this; a sequence index that comes back would make its kernels mix unrelated tokens).
+
+Layouts: time-second ops (ssd_scan, (batch, L, ...)) lay the rows end to end with a reshape;
+time-last ones (causal_conv1d, selective_scan, (batch, ..., L)) with ``rows_to_packed`` (a copy when
+batch > 1) and back with ``packed_to_rows``.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SeqIdxPacking", "seq_idx_packing"]
+__all__ = ["SeqIdxPacking", "packed_to_rows", "rows_to_packed", "seq_idx_packing"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +84,15 @@ def seq_idx_packing(seq_idx, batch: int, L: int, device, op: str) -> SeqIdxPacki
     first = last - per_row + 1
     init_rows = (s[:, 0] == 0).nonzero().squeeze(1)
     return SeqIdxPacking(cu.to(device), first.to(device), last.to(device), init_rows.to(device))
+
+
+def rows_to_packed(t: torch.Tensor | None) -> torch.Tensor | None:
+    """(batch, ..., L) -> (1, ..., batch * L): the rows of a time-last tensor end to end (a copy when batch > 1)."""
+    if t is None:
+        return None
+    return t.movedim(0, -2).reshape(1, *t.shape[1:-1], t.shape[0] * t.shape[-1])
+
+
+def packed_to_rows(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """(1, ..., batch * L) -> (batch, ..., L), contiguous: the inverse of ``rows_to_packed``."""
+    return t.reshape(*t.shape[1:-1], batch, t.shape[-1] // batch).movedim(-2, 0).contiguous()

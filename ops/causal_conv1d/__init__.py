@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from .._backend import resolve_backend
-from .._seq_idx import seq_idx_packing
+from .._seq_idx import packed_to_rows, rows_to_packed, seq_idx_packing
 from .._validate import check_cu_seqlens, check_same_device, check_tensor
 from . import cpu as _cpu
 from . import upstream as _upstream
@@ -152,7 +152,7 @@ def _conv_seq_idx(x, weight, bias, activation, initial_states, return_final_stat
     check_tensor("weight", weight, op=op, shape=("dim", "width"), dims=dims)
     check_tensor("initial_states", initial_states, op=op, shape=("batch", "dim", max(dims["width"] - 1, 0)),
                  optional=True, dims=dims)
-    batch, dim, L = x.shape
+    batch, L = x.shape[0], x.shape[2]
     packing = seq_idx_packing(seq_idx, batch, L, x.device, op)
     if packing is None:                                         # L = 0: nothing to cut
         return causal_conv1d(x, weight, bias, activation, initial_states, return_final_states, None, backend)
@@ -161,10 +161,9 @@ def _conv_seq_idx(x, weight, bias, activation, initial_states, return_final_stat
         if fn is not None:
             _check_activation(activation, op)
             return _upstream.call_fn(fn, x, weight, bias, activation, None, False, seq_idx)
-    xp = x.transpose(0, 1).reshape(1, dim, batch * L)            # (1, dim, batch * L): a copy when batch > 1
-    out = causal_conv1d(xp, weight, bias, activation, packing.initial(initial_states), return_final_states,
-                        packing.cu_seqlens, backend)
-    y = (out[0] if return_final_states else out).reshape(dim, batch, L).transpose(0, 1).contiguous()
+    out = causal_conv1d(rows_to_packed(x), weight, bias, activation, packing.initial(initial_states),
+                        return_final_states, packing.cu_seqlens, backend)      # (1, dim, batch * L)
+    y = packed_to_rows(out[0] if return_final_states else out, batch)
     return (y, packing.row_finals(out[1])) if return_final_states else y
 
 

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from .._backend import resolve_backend
+from .._seq_idx import packed_to_rows, rows_to_packed, seq_idx_packing
 from ._checks import check_scan_args, check_update_args, check_update_heads_args
 from ._pointwise import compute_dtype
 from .reference import selective_scan_reference, selective_state_update_reference
@@ -114,18 +115,24 @@ _scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, cu_seqlens=None, backend="auto", *, initial_state=None):
+                   return_last_state=False, cu_seqlens=None, backend="auto", *, initial_state=None, seq_idx=None):
     """Selective scan with mamba_ssm's ``selective_scan_fn`` signature (real A only).
 
     u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L) or (batch, G, N, L); D,
     delta_bias: (dim,); cu_seqlens: int tensor [0, l1, l1+l2, ..., L] for packed sequences
     (batch 1). ``initial_state`` (batch, dim, N), keyword only: the state h_{-1} the scan continues
-    from (zeros when None); differentiable; rejected together with cu_seqlens. Returns y
+    from (zeros when None); differentiable; rejected together with cu_seqlens or seq_idx.
+    ``seq_idx`` (batch, L) int, keyword only: mamba_ssm's Mamba-2 packing convention at any batch
+    size (``ops/_seq_idx.py``): the state restarts wherever it changes along a row. Returns y
     (batch, dim, L) in u's dtype, and with ``return_last_state`` also the final state (batch, dim, N)
-    (or (n_seqs, dim, N) with cu_seqlens) in float32 (float64 for float64 inputs).
+    (or (n_seqs, dim, N) with cu_seqlens; each row's last sequence's with seq_idx) in float32
+    (float64 for float64 inputs).
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens,
                     initial_state=initial_state)
+    if seq_idx is not None:
+        return _scan_seq_idx(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens,
+                             backend, initial_state, seq_idx)
     backend = resolve_backend(backend, u, delta, A, B, C, D, z, delta_bias, initial_state, op="selective_scan")
     if backend == "reference":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
@@ -146,6 +153,26 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                           None if initial_state is None else initial_state.contiguous(), cu_seqlens,
                           bool(delta_softplus), need_ckpt, backend)
     return (y, last) if return_last_state else y
+
+
+def _scan_seq_idx(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens, backend,
+                  initial_state, seq_idx):
+    """selective_scan with seq_idx, its other arguments checked: the rows laid end to end as one packed row
+    cut by ``SeqIdxPacking`` (a copy of u, delta, z, B, C when batch > 1)."""
+    op = "selective_scan"
+    if cu_seqlens is not None:
+        raise ValueError(f"{op}: give packed sequences as 'seq_idx' or as 'cu_seqlens', not both")
+    if initial_state is not None:
+        raise ValueError(f"{op}: arguments 'initial_state' and 'seq_idx' cannot be combined (packed sequences "
+                         f"start from zero states); got initial_state {tuple(initial_state.shape)}")
+    batch, L = u.shape[0], u.shape[2]
+    packing = seq_idx_packing(seq_idx, batch, L, u.device, op)
+    if packing is None:                                         # L = 0: nothing to cut
+        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, None, backend)
+    y, last = selective_scan(rows_to_packed(u), rows_to_packed(delta), A, rows_to_packed(B), rows_to_packed(C), D,
+                             rows_to_packed(z), delta_bias, delta_softplus, True, packing.cu_seqlens, backend)
+    y = packed_to_rows(y, batch)                                # (1, dim, batch * L) -> (batch, dim, L)
+    return (y, packing.row_finals(last)) if return_last_state else y
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, backend="auto"):

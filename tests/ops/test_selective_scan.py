@@ -1,6 +1,6 @@
 """selective_scan / selective_state_update: reference vs cpu (C kernel and pure-torch fallback) vs
 triton (interpreter), forward and every gradient (including through last_state), odd lengths,
-T = 1, grouped B/C, D / z / delta_bias / softplus on and off, cu_seqlens packing, decode steps,
+T = 1, grouped B/C, D / z / delta_bias / softplus on and off, cu_seqlens and seq_idx packing, decode steps,
 float64 gradcheck, bf16 input, non-contiguous input, custom-op registration, bad input, the
 channel-blocked C kernels (float32, N <= 256 padded to a multiple of 16, 16 channels per group,
 channels padded per group), initial_state (continuation), random shapes (padded channels among them)."""
@@ -414,6 +414,72 @@ def test_cu_seqlens_blocked_kernel(cpu_backend, d, N):
     inputs = _inputs(1, d, 90, N, G=1, dtype=torch.float32)
     _compare(_run(inputs, cpu_backend, True, cu_seqlens=cu), _run(inputs, "reference", True, cu_seqlens=cu, cast=torch.float64),
              torch.float32)
+
+
+# row 0: three sequences from index 0 (one of length 1); row 1: one sequence of index 3; row 2: two sequences
+SEQ_IDX = torch.tensor([[0] * 6 + [1] + [2] * 6,
+                        [3] * 13,
+                        [0] * 2 + [5] * 11])
+
+
+@pytest.mark.parametrize("G", [None, 2])
+def test_seq_idx_equals_each_sequence_separately(backend, G):
+    """mamba_ssm's seq_idx (the Mamba-2 packing convention) at batch 3: y, each row's last state (its last
+    sequence's) and every gradient equal the reference run on every sequence by itself."""
+    B_, d, L, N = 3, 4, 13, 3
+    inputs = _inputs(B_, d, L, N, G=G, dtype=torch.float64)
+    y, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, seq_idx=SEQ_IDX, backend=backend)
+    assert y.shape == (B_, d, L) and y.is_contiguous() and last.shape == (B_, d, N)
+    g = torch.Generator().manual_seed(1)
+    gy, gl = (torch.randn(o.shape, generator=g, dtype=torch.float64) for o in (y, last))
+    names = [k for k, v in inputs.items() if v is not None]
+    leaves = [inputs[k] for k in names]
+    got = torch.autograd.grad((y * gy).sum() + (last * gl).sum(), leaves)
+    sep_loss = 0
+    for r, row in enumerate(SEQ_IDX.tolist()):
+        cuts = [0] + [t for t in range(1, L) if row[t] != row[t - 1]] + [L]
+        for s, e in zip(cuts[:-1], cuts[1:]):
+            part = {k: (v[r:r + 1, ..., s:e] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
+            yi, li = selective_scan(**part, delta_softplus=True, return_last_state=True, backend="reference")
+            assert_close(y[r:r + 1, :, s:e], yi, name=f"y of row {r}, tokens {s}..{e}")
+            sep_loss = sep_loss + (yi * gy[r:r + 1, :, s:e]).sum()
+        assert_close(last[r], li[0], name=f"last state of row {r} (its last sequence's)")
+        sep_loss = sep_loss + (li[0] * gl[r]).sum()
+    for k, a, e in zip(names, got, torch.autograd.grad(sep_loss, leaves)):
+        assert_close(a, e, name=f"d{k} seq_idx vs separate")
+
+
+def test_seq_idx_blocked_kernel_and_constant_index(cpu_backend):
+    """float32 at 16 channels (the channel-blocked kernels) against the float64 reference; one index per row is
+    the plain call, and a boundary changes what follows it."""
+    inputs = _inputs(3, 16, 13, 16, dtype=torch.float32)
+    plain = selective_scan(**inputs, delta_softplus=True, backend=cpu_backend)
+    same = selective_scan(**inputs, delta_softplus=True, backend=cpu_backend, seq_idx=torch.full((3, 13), 4))
+    assert_close(same, plain, dtype=torch.float32, name="y, one sequence per row")
+    cut = selective_scan(**inputs, delta_softplus=True, backend=cpu_backend, seq_idx=SEQ_IDX)
+    ref = selective_scan(**{k: v.detach().double() if v is not None else None for k, v in inputs.items()},
+                         delta_softplus=True, backend="reference", seq_idx=SEQ_IDX)
+    assert_close(cut, ref, dtype=torch.float32, name="y with seq_idx")
+    assert_close(cut[0, :, :6], plain[0, :, :6], dtype=torch.float32, name="y before the first boundary")
+    assert (cut[0, :, 6:8] - plain[0, :, 6:8]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(seq_idx=torch.zeros(2, 8, dtype=torch.int32)), r"'seq_idx'.*\(2, 9\)"),
+    (dict(seq_idx=torch.tensor([[0, 1, 1, 0, 0, 0, 0, 0, 0]] * 2)), "'seq_idx'.*non-decreasing"),
+    (dict(seq_idx=torch.zeros(2, 9)), "'seq_idx'.*integer"),
+    (dict(seq_idx=torch.full((2, 9), -1)), "'seq_idx'.*>= 0"),
+    (dict(seq_idx=torch.zeros(2, 9, dtype=torch.int64), initial_state=torch.zeros(2, 4, 3)),
+     "'initial_state' and 'seq_idx'"),
+])
+def test_bad_seq_idx_raises_value_error(bad, match):
+    args = dict(u=torch.randn(2, 4, 9), delta=torch.rand(2, 4, 9), A=-torch.rand(4, 3), B=torch.randn(2, 3, 9),
+                C=torch.randn(2, 3, 9))
+    with pytest.raises(ValueError, match=match):
+        selective_scan(**args, **bad)
+    one = {k: v[:1] if k != "A" else v for k, v in args.items()}
+    with pytest.raises(ValueError, match="'seq_idx' or as 'cu_seqlens'"):
+        selective_scan(**one, seq_idx=torch.zeros(1, 9, dtype=torch.int64), cu_seqlens=torch.tensor([0, 9]))
 
 
 @pytest.mark.parametrize("which", ["y", "last"])
