@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_mixer
-from .state import check_mixer_input, check_state, state_dtype
+from .state import check_mixer_input, check_state, conv_window, mixer_seq_idx, state_dtype
 from .time_major import linear_from_time_major, time_major_linear
 
 __all__ = ["Mamba", "init_dt_bias"]
@@ -88,12 +88,22 @@ class Mamba(nn.Module):
                 "ssm_state": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=state_dtype(dtype))}
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor, state: dict | None = None):
-        """x (B, T, d_model) -> y (B, T, d_model), new state (the input state is not modified)."""
+    def forward(self, x: torch.Tensor, state: dict | None = None, *, seq_idx: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None):
+        """x (B, T, d_model) -> y (B, T, d_model), new state (the input state is not modified).
+
+        Packed sequences (keyword only; they never leak into each other): ``seq_idx`` (B, T) int,
+        mamba_ssm's Mamba-2 convention, or ``cu_seqlens`` (batch 1, flash-attn convention). The returned
+        state is each row's last sequence's. Not together with a state: selective_scan's packed sequences
+        start from zero states (the mamba2 mixer continues packed sequences from a state)."""
         check_mixer_input("Mamba", x, self.d_model)
         B, T, _ = x.shape
         if state is not None:
             check_state(state, batch_size=B, keys=("conv_state", "ssm_state"), owner="Mamba")
+        seq_idx = mixer_seq_idx("Mamba", x, seq_idx, cu_seqlens)
+        if state is not None and seq_idx is not None:
+            raise ValueError("Mamba: argument 'state' cannot be combined with packed sequences ('seq_idx' / "
+                             "'cu_seqlens'): selective_scan's packed sequences start from zero states")
         if state is not None and T == 1:
             y, new_state = self._step(x[:, 0], state)
             return y[:, None], new_state
@@ -106,7 +116,7 @@ class Mamba(nn.Module):
         w = self.conv1d.weight[:, 0]                                          # (d_inner, d_conv)
         prev = None if state is None else state["conv_state"].to(xs.dtype)
         init = None if prev is None else prev[:, :, 1:]                       # (B, d_inner, d_conv - 1)
-        xc = causal_conv1d(xs, w, self.conv1d.bias, activation="silu", initial_states=init)
+        xc = causal_conv1d(xs, w, self.conv1d.bias, activation="silu", initial_states=init, seq_idx=seq_idx)
         dbc = self._from_time_major(self.x_proj, xc)                          # (B, T, dt_rank + 2N)
         dt_low, Bm, Cm = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = time_major_linear(dt_low, self.dt_proj.weight)                   # (B, d_inner, T), bias in the scan
@@ -114,12 +124,9 @@ class Mamba(nn.Module):
         A, D, dt_bias = self._ssm_params()
         h0 = None if state is None else state["ssm_state"]                   # (B, d_inner, N)
         y, last = selective_scan(xc, dt, A, Bm, Cm, D, z=z, delta_bias=dt_bias, delta_softplus=True,
-                                 return_last_state=True, initial_state=h0)   # (B, d_inner, T), (B, d_inner, N)
-        conv_hist = xs if prev is None else torch.cat([prev, xs], dim=-1)
-        conv_state = conv_hist[:, :, -self.d_conv:]
-        if conv_state.shape[-1] < self.d_conv:                                # T < d_conv from a zero state
-            conv_state = F.pad(conv_state, (self.d_conv - conv_state.shape[-1], 0))
-        new_state = {"conv_state": conv_state.contiguous(), "ssm_state": last}
+                                 return_last_state=True, initial_state=h0,
+                                 seq_idx=seq_idx)                            # (B, d_inner, T), (B, d_inner, N)
+        new_state = {"conv_state": conv_window(xs, prev, self.d_conv, seq_idx), "ssm_state": last}
         return self._from_time_major(self.out_proj, y), new_state
 
     @staticmethod
