@@ -93,18 +93,14 @@ class Mamba(nn.Module):
         """x (B, T, d_model) -> y (B, T, d_model), new state (the input state is not modified).
 
         Packed sequences (keyword only; they never leak into each other): ``seq_idx`` (B, T) int,
-        mamba_ssm's Mamba-2 convention, or ``cu_seqlens`` (batch 1, flash-attn convention). The returned
-        state is each row's last sequence's. Not together with a state: selective_scan's packed sequences
-        start from zero states (the mamba2 mixer continues packed sequences from a state)."""
+        mamba_ssm's Mamba-2 convention, or ``cu_seqlens`` (batch 1, flash-attn convention). A state
+        applies to a row's tokens of sequence 0; the returned state is each row's last sequence's."""
         check_mixer_input("Mamba", x, self.d_model)
         B, T, _ = x.shape
         if state is not None:
             check_state(state, batch_size=B, keys=("conv_state", "ssm_state"), owner="Mamba")
         seq_idx = mixer_seq_idx("Mamba", x, seq_idx, cu_seqlens)
-        if state is not None and seq_idx is not None:
-            raise ValueError("Mamba: argument 'state' cannot be combined with packed sequences ('seq_idx' / "
-                             "'cu_seqlens'): selective_scan's packed sequences start from zero states")
-        if state is not None and T == 1:
+        if state is not None and T == 1 and seq_idx is None:
             y, new_state = self._step(x[:, 0], state)
             return y[:, None], new_state
         from parazoo.ops import causal_conv1d, selective_scan

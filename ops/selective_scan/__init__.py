@@ -121,12 +121,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L) or (batch, G, N, L); D,
     delta_bias: (dim,); cu_seqlens: int tensor [0, l1, l1+l2, ..., L] for packed sequences
     (batch 1). ``initial_state`` (batch, dim, N), keyword only: the state h_{-1} the scan continues
-    from (zeros when None); differentiable; rejected together with cu_seqlens or seq_idx.
-    ``seq_idx`` (batch, L) int, keyword only: mamba_ssm's Mamba-2 packing convention at any batch
-    size (``ops/_seq_idx.py``): the state restarts wherever it changes along a row. Returns y
-    (batch, dim, L) in u's dtype, and with ``return_last_state`` also the final state (batch, dim, N)
-    (or (n_seqs, dim, N) with cu_seqlens; each row's last sequence's with seq_idx) in float32
-    (float64 for float64 inputs).
+    from (zeros when None); differentiable; rejected together with cu_seqlens. ``seq_idx`` (batch, L)
+    int, keyword only: mamba_ssm's Mamba-2 packing convention at any batch size (``ops/_seq_idx.py``):
+    the state restarts wherever it changes along a row; initial_state[r] applies to row r's sequence 0.
+    Returns y (batch, dim, L) in u's dtype, and with ``return_last_state`` also the final state
+    (batch, dim, N) (or (n_seqs, dim, N) with cu_seqlens; each row's last sequence's with seq_idx) in
+    float32 (float64 for float64 inputs).
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens,
                     initial_state=initial_state)
@@ -158,21 +158,36 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 def _scan_seq_idx(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens, backend,
                   initial_state, seq_idx):
     """selective_scan with seq_idx, its other arguments checked: the rows laid end to end as one packed row
-    cut by ``SeqIdxPacking`` (a copy of u, delta, z, B, C when batch > 1)."""
+    cut by ``SeqIdxPacking`` (a copy of u, delta, z, B, C when batch > 1), every sequence from a zero state.
+    initial_state[r] then enters row r's sequence 0 (if its seq_idx starts at 0) by linearity: h is linear in
+    (h_{-1}, u), so that sequence's y gains silu(z) C . h' and its last state h', where h' is the scan of u = 0
+    from initial_state[r] (one batched scan over the rows' sequence-0 spans; the packed kernels keep no
+    per-sequence initial states)."""
     op = "selective_scan"
     if cu_seqlens is not None:
         raise ValueError(f"{op}: give packed sequences as 'seq_idx' or as 'cu_seqlens', not both")
-    if initial_state is not None:
-        raise ValueError(f"{op}: arguments 'initial_state' and 'seq_idx' cannot be combined (packed sequences "
-                         f"start from zero states); got initial_state {tuple(initial_state.shape)}")
     batch, L = u.shape[0], u.shape[2]
     packing = seq_idx_packing(seq_idx, batch, L, u.device, op)
     if packing is None:                                         # L = 0: nothing to cut
-        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, None, backend)
+        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, None, backend,
+                              initial_state=initial_state)
     y, last = selective_scan(rows_to_packed(u), rows_to_packed(delta), A, rows_to_packed(B), rows_to_packed(C), D,
                              rows_to_packed(z), delta_bias, delta_softplus, True, packing.cu_seqlens, backend)
-    y = packed_to_rows(y, batch)                                # (1, dim, batch * L) -> (batch, dim, L)
-    return (y, packing.row_finals(last)) if return_last_state else y
+    y, last = packed_to_rows(y, batch), packing.row_finals(last)   # (batch, dim, L), (batch, dim, N)
+    rows = packing.init_rows
+    if initial_state is not None and rows.numel():
+        n0 = (seq_idx == seq_idx[:, :1]).sum(1).index_select(0, rows)   # (rows,) tokens of each row's sequence 0
+        Lc = int(n0.max())
+
+        def span(t):                                            # the rows' first Lc steps
+            return None if t is None else t.index_select(0, rows)[..., :Lc]
+        yc, hc = selective_scan(torch.zeros_like(span(u)), span(delta), A, span(B), span(C), None, span(z), delta_bias,
+                                delta_softplus, True, None, backend, initial_state=initial_state.index_select(0, rows))
+        keep = torch.arange(Lc, device=u.device) < n0[:, None]  # (rows, Lc): sequence 0 only
+        y = y.index_add(0, rows, torch.nn.functional.pad(yc * keep[:, None, :].to(yc.dtype), (0, L - Lc)))
+        whole = n0 == L                                         # rows all of sequence 0: their last state is h'
+        last = last.index_add(0, rows[whole], hc[whole].to(last.dtype))
+    return (y, last) if return_last_state else y
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, backend="auto"):

@@ -1,6 +1,6 @@
 """Packed sequences through the mamba and mamba2 mixers (``seq_idx`` / ``cu_seqlens`` keywords of
 forward): every sequence equals the mixer run on it alone (output, returned state, every gradient),
-the returned state continues a row's last sequence, and a mamba2 state applies to a row's sequence 0."""
+the returned state continues a row's last sequence, and a state applies to a row's sequence 0."""
 import pytest
 import torch
 
@@ -48,9 +48,9 @@ def _state(name, B, seed=2):
 
 
 @pytest.mark.parametrize("seq_idx", [SEQ_IDX, SHORT], ids=["T13", "T2"])
-@pytest.mark.parametrize("name,with_state", [("mamba", False), ("mamba2", False), ("mamba2", True)])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
 def test_packed_equals_each_sequence_separately(name, with_state, seq_idx):
-    """(Mamba refuses a state with packed sequences: test_mamba_refuses_state_with_packing.)"""
     m = _mixer(name)
     x = _x(*seq_idx.shape).requires_grad_()
     state = _state(name, 3) if with_state else None
@@ -110,12 +110,6 @@ def test_boundaries_cut_and_one_sequence_is_the_plain_call(name):
     y_cut, _ = m(x, seq_idx=SEQ_IDX)
     assert_close(y_cut[0, :6], y[0, :6], name="y before the first boundary")
     assert (y_cut[0, 6:9] - y[0, 6:9]).abs().max() > 1e-3
-
-
-def test_mamba_refuses_state_with_packing():
-    m = _mixer("mamba")
-    with pytest.raises(ValueError, match="'state' cannot be combined with packed sequences"):
-        m(_x(3, 13), _state("mamba", 3), seq_idx=SEQ_IDX)
 
 
 @pytest.mark.parametrize("name", ["mamba", "mamba2"])

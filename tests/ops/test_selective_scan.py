@@ -416,18 +416,22 @@ def test_cu_seqlens_blocked_kernel(cpu_backend, d, N):
              torch.float32)
 
 
-# row 0: three sequences from index 0 (one of length 1); row 1: one sequence of index 3; row 2: two sequences
+# row 0: three sequences from index 0 (one of length 1); row 1: one sequence of index 3 (no initial state);
+# row 2: two sequences; row 3: one sequence of index 0 (its last state continues its initial state)
 SEQ_IDX = torch.tensor([[0] * 6 + [1] + [2] * 6,
                         [3] * 13,
-                        [0] * 2 + [5] * 11])
+                        [0] * 2 + [5] * 11,
+                        [0] * 13])
 
 
+@pytest.mark.parametrize("h0", [False, True])
 @pytest.mark.parametrize("G", [None, 2])
-def test_seq_idx_equals_each_sequence_separately(backend, G):
-    """mamba_ssm's seq_idx (the Mamba-2 packing convention) at batch 3: y, each row's last state (its last
-    sequence's) and every gradient equal the reference run on every sequence by itself."""
-    B_, d, L, N = 3, 4, 13, 3
-    inputs = _inputs(B_, d, L, N, G=G, dtype=torch.float64)
+def test_seq_idx_equals_each_sequence_separately(backend, G, h0):
+    """mamba_ssm's seq_idx (the Mamba-2 packing convention) at batch 4: y, each row's last state (its last
+    sequence's) and every gradient equal the reference run on every sequence by itself; initial_state[r]
+    before row r's sequence 0 only."""
+    B_, d, L, N = 4, 4, 13, 3
+    inputs = _inputs(B_, d, L, N, G=G, dtype=torch.float64, h0=h0)
     y, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, seq_idx=SEQ_IDX, backend=backend)
     assert y.shape == (B_, d, L) and y.is_contiguous() and last.shape == (B_, d, N)
     g = torch.Generator().manual_seed(1)
@@ -440,6 +444,8 @@ def test_seq_idx_equals_each_sequence_separately(backend, G):
         cuts = [0] + [t for t in range(1, L) if row[t] != row[t - 1]] + [L]
         for s, e in zip(cuts[:-1], cuts[1:]):
             part = {k: (v[r:r + 1, ..., s:e] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
+            if h0:
+                part["initial_state"] = inputs["initial_state"][r:r + 1] if s == 0 and row[0] == 0 else None
             yi, li = selective_scan(**part, delta_softplus=True, return_last_state=True, backend="reference")
             assert_close(y[r:r + 1, :, s:e], yi, name=f"y of row {r}, tokens {s}..{e}")
             sep_loss = sep_loss + (yi * gy[r:r + 1, :, s:e]).sum()
@@ -452,9 +458,9 @@ def test_seq_idx_equals_each_sequence_separately(backend, G):
 def test_seq_idx_blocked_kernel_and_constant_index(cpu_backend):
     """float32 at 16 channels (the channel-blocked kernels) against the float64 reference; one index per row is
     the plain call, and a boundary changes what follows it."""
-    inputs = _inputs(3, 16, 13, 16, dtype=torch.float32)
+    inputs = _inputs(4, 16, 13, 16, dtype=torch.float32)
     plain = selective_scan(**inputs, delta_softplus=True, backend=cpu_backend)
-    same = selective_scan(**inputs, delta_softplus=True, backend=cpu_backend, seq_idx=torch.full((3, 13), 4))
+    same = selective_scan(**inputs, delta_softplus=True, backend=cpu_backend, seq_idx=torch.full((4, 13), 4))
     assert_close(same, plain, dtype=torch.float32, name="y, one sequence per row")
     cut = selective_scan(**inputs, delta_softplus=True, backend=cpu_backend, seq_idx=SEQ_IDX)
     ref = selective_scan(**{k: v.detach().double() if v is not None else None for k, v in inputs.items()},
@@ -469,8 +475,7 @@ def test_seq_idx_blocked_kernel_and_constant_index(cpu_backend):
     (dict(seq_idx=torch.tensor([[0, 1, 1, 0, 0, 0, 0, 0, 0]] * 2)), "'seq_idx'.*non-decreasing"),
     (dict(seq_idx=torch.zeros(2, 9)), "'seq_idx'.*integer"),
     (dict(seq_idx=torch.full((2, 9), -1)), "'seq_idx'.*>= 0"),
-    (dict(seq_idx=torch.zeros(2, 9, dtype=torch.int64), initial_state=torch.zeros(2, 4, 3)),
-     "'initial_state' and 'seq_idx'"),
+    (dict(seq_idx=torch.zeros(2, 9, dtype=torch.int64), initial_state=torch.zeros(2, 4, 4)), "'initial_state'"),
 ])
 def test_bad_seq_idx_raises_value_error(bad, match):
     args = dict(u=torch.randn(2, 4, 9), delta=torch.rand(2, 4, 9), A=-torch.rand(4, 3), B=torch.randn(2, 3, 9),
