@@ -88,8 +88,9 @@ def mixer_seq_idx(owner: str, x: torch.Tensor, seq_idx=None, cu_seqlens=None) ->
     """A mixer's packed-sequence keywords as one checked seq_idx (B, T) int64 on x's device, or None:
     seq_idx as mamba_ssm's Mamba2 takes it (any batch size), or cu_seqlens (flash-attn convention:
     batch 1, int cumulative starts [0, l1, l1 + l2, ..., T]) turned into it (an empty sequence has no
-    token, so it leaves no trace). ValueError naming the argument when either is malformed."""
-    from parazoo.ops._seq_idx import seq_idx_packing
+    token, so it leaves no trace). ValueError naming the argument when either is malformed (seq_idx's values,
+    >= 0 and non-decreasing, are checked by the ops, which read them on the host anyway)."""
+    from parazoo.ops._seq_idx import check_seq_idx
     from parazoo.ops._validate import check_cu_seqlens
 
     B, T = x.shape[:2]
@@ -101,8 +102,8 @@ def mixer_seq_idx(owner: str, x: torch.Tensor, seq_idx=None, cu_seqlens=None) ->
         seq_idx = torch.searchsorted(ends, torch.arange(T, device=x.device), right=True)[None]   # (1, T)
     if seq_idx is None:
         return None
-    seq_idx_packing(seq_idx, B, T, x.device, owner)             # checks dtype, shape, device, >= 0, non-decreasing
-    return seq_idx.to(torch.int64)
+    check_seq_idx(seq_idx, B, T, x.device, owner)
+    return seq_idx
 
 
 def conv_window(xs: torch.Tensor, prev: torch.Tensor | None, d_conv: int,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SeqIdxPacking", "packed_to_rows", "rows_to_packed", "seq_idx_packing"]
+__all__ = ["SeqIdxPacking", "check_seq_idx", "packed_to_rows", "rows_to_packed", "seq_idx_packing"]
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,9 @@ class SeqIdxPacking:
         return finals.index_select(0, self.last)
 
 
-def seq_idx_packing(seq_idx, batch: int, L: int, device, op: str) -> SeqIdxPacking | None:
-    """Check seq_idx (an integer tensor (batch, L) on ``device``, >= 0, non-decreasing along L) and
-    build its packing (None when L = 0: there is nothing to cut). Reads seq_idx on the host (one
-    synchronisation on CUDA), as cu_seqlens does."""
+def check_seq_idx(seq_idx, batch: int, L: int, device, op: str) -> None:
+    """ValueError naming 'seq_idx' unless it is an integer tensor (batch, L) on ``device`` (no host read:
+    its values are checked by ``seq_idx_packing``)."""
     if not isinstance(seq_idx, torch.Tensor) or seq_idx.dtype.is_floating_point or seq_idx.dtype.is_complex \
             or seq_idx.dtype == torch.bool:
         raise ValueError(f"{op}: argument 'seq_idx' must be an integer tensor, got "
@@ -66,6 +65,13 @@ def seq_idx_packing(seq_idx, batch: int, L: int, device, op: str) -> SeqIdxPacki
                          f"got {tuple(seq_idx.shape)}")
     if seq_idx.device != torch.device(device):
         raise ValueError(f"{op}: argument 'seq_idx' must be on {device} like the other tensors, got {seq_idx.device}")
+
+
+def seq_idx_packing(seq_idx, batch: int, L: int, device, op: str) -> SeqIdxPacking | None:
+    """Check seq_idx (an integer tensor (batch, L) on ``device``, >= 0, non-decreasing along L) and
+    build its packing (None when L = 0: there is nothing to cut). Reads seq_idx on the host (one
+    synchronisation on CUDA), as cu_seqlens does."""
+    check_seq_idx(seq_idx, batch, L, device, op)
     if L == 0:
         return None
     s = seq_idx.detach().to("cpu", torch.int64)
