@@ -6,9 +6,10 @@
 
 u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (batch, N, L) or (batch, G, N, L), channel d
 reading group d // (dim // G); D, delta_bias: (dim,). ``cu_seqlens`` (batch 1, [0, l1, ..., L])
-resets the state at every packed-sequence boundary. ``initial_state`` (batch, dim, N) continues a
-scan from a state (parazoo's extension; not together with cu_seqlens). ``selective_state_update`` is one decode step
-of the same recurrence on a state (batch, dim, N), updated in place.
+restarts the state at every packed-sequence boundary. ``initial_state`` continues a scan from a state
+(parazoo's extension): (batch, dim, N), or one per packed sequence (n_seqs, dim, N) with cu_seqlens,
+so a packed batch of documents can go on from each document's state. ``selective_state_update`` is one
+decode step of the same recurrence on a state (batch, dim, N), updated in place.
 
 Paths (``backend=``): ``reference.py`` (sequential loop, autograd), ``cpu.py`` (fused C loops:
 ``cpu_block_kernel.py``, 16 channels per vector, for float32 with N <= 256, each group's channels
@@ -30,6 +31,7 @@ from .._backend import resolve_backend
 from .._seq_idx import packed_to_rows, rows_to_packed, seq_idx_packing
 from ._checks import check_scan_args, check_update_args, check_update_heads_args
 from ._pointwise import compute_dtype
+from ._seqs import empty_seqs
 from .reference import selective_scan_reference, selective_state_update_reference
 from .state_update import state_update_step
 
@@ -120,8 +122,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L) or (batch, G, N, L); D,
     delta_bias: (dim,); cu_seqlens: int tensor [0, l1, l1+l2, ..., L] for packed sequences
-    (batch 1). ``initial_state`` (batch, dim, N), keyword only: the state h_{-1} the scan continues
-    from (zeros when None); differentiable; rejected together with cu_seqlens. ``seq_idx`` (batch, L)
+    (batch 1). ``initial_state`` (batch, dim, N), or (n_seqs, dim, N) with cu_seqlens, keyword only: the
+    state h_{-1} each row (each packed sequence) continues from (zeros when None); differentiable; an empty
+    sequence's last state is its initial state. ``seq_idx`` (batch, L)
     int, keyword only: mamba_ssm's Mamba-2 packing convention at any batch size (``ops/_seq_idx.py``):
     the state restarts wherever it changes along a row; initial_state[r] applies to row r's sequence 0.
     Returns y (batch, dim, L) in u's dtype, and with ``return_last_state`` also the final state
@@ -152,17 +155,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                           None if delta_bias is None else delta_bias.contiguous(),
                           None if initial_state is None else initial_state.contiguous(), cu_seqlens,
                           bool(delta_softplus), need_ckpt, backend)
+    if initial_state is not None and cu_seqlens is not None and return_last_state:
+        # the kernels write a last state at a sequence's last token: an empty one keeps its initial state
+        empty = empty_seqs(cu_seqlens)[:, None, None]
+        last = torch.where(empty, initial_state.to(last.dtype), last)
     return (y, last) if return_last_state else y
 
 
 def _scan_seq_idx(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens, backend,
                   initial_state, seq_idx):
     """selective_scan with seq_idx, its other arguments checked: the rows laid end to end as one packed row
-    cut by ``SeqIdxPacking`` (a copy of u, delta, z, B, C when batch > 1), every sequence from a zero state.
-    initial_state[r] then enters row r's sequence 0 (if its seq_idx starts at 0) by linearity: h is linear in
-    (h_{-1}, u), so that sequence's y gains silu(z) C . h' and its last state h', where h' is the scan of u = 0
-    from initial_state[r] (one batched scan over the rows' sequence-0 spans; the packed kernels keep no
-    per-sequence initial states)."""
+    cut by ``SeqIdxPacking`` (a copy of u, delta, z, B, C when batch > 1); initial_state[r] becomes the initial
+    state of row r's sequence 0 (if its seq_idx starts at 0), every other sequence starts from zeros."""
     op = "selective_scan"
     if cu_seqlens is not None:
         raise ValueError(f"{op}: give packed sequences as 'seq_idx' or as 'cu_seqlens', not both")
@@ -172,21 +176,9 @@ def _scan_seq_idx(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_la
         return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, None, backend,
                               initial_state=initial_state)
     y, last = selective_scan(rows_to_packed(u), rows_to_packed(delta), A, rows_to_packed(B), rows_to_packed(C), D,
-                             rows_to_packed(z), delta_bias, delta_softplus, True, packing.cu_seqlens, backend)
+                             rows_to_packed(z), delta_bias, delta_softplus, True, packing.cu_seqlens, backend,
+                             initial_state=packing.initial(initial_state))
     y, last = packed_to_rows(y, batch), packing.row_finals(last)   # (batch, dim, L), (batch, dim, N)
-    rows = packing.init_rows
-    if initial_state is not None and rows.numel():
-        n0 = (seq_idx == seq_idx[:, :1]).sum(1).index_select(0, rows)   # (rows,) tokens of each row's sequence 0
-        Lc = int(n0.max())
-
-        def span(t):                                            # the rows' first Lc steps
-            return None if t is None else t.index_select(0, rows)[..., :Lc]
-        yc, hc = selective_scan(torch.zeros_like(span(u)), span(delta), A, span(B), span(C), None, span(z), delta_bias,
-                                delta_softplus, True, None, backend, initial_state=initial_state.index_select(0, rows))
-        keep = torch.arange(Lc, device=u.device) < n0[:, None]  # (rows, Lc): sequence 0 only
-        y = y.index_add(0, rows, torch.nn.functional.pad(yc * keep[:, None, :].to(yc.dtype), (0, L - Lc)))
-        whole = n0 == L                                         # rows all of sequence 0: their last state is h'
-        last = last.index_add(0, rows[whole], hc[whole].to(last.dtype))
     return (y, last) if return_last_state else y
 
 

@@ -50,14 +50,13 @@ def check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_
     check_tensor("delta_bias", delta_bias, op=op, shape=("dim",), dims=dims, optional=True)
     _check_flag("delta_softplus", delta_softplus, op)
     _check_flag("return_last_state", return_last_state, op)
-    check_tensor("initial_state", initial_state, op=op, shape=("batch", "dim", "N"), dims=dims, optional=True)
+    check_cu_seqlens(cu_seqlens, L, batch, op=op)
+    if cu_seqlens is not None:                                   # one initial state per packed sequence
+        dims["n_seqs"] = cu_seqlens.numel() - 1
+    check_tensor("initial_state", initial_state, op=op, dims=dims, optional=True,
+                 shape=("batch" if cu_seqlens is None else "n_seqs", "dim", "N"))
     check_same_device(op, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
                       initial_state=initial_state)
-    check_cu_seqlens(cu_seqlens, L, batch, op=op)
-    if initial_state is not None and cu_seqlens is not None:
-        raise ValueError(f"{op}: arguments 'initial_state' and 'cu_seqlens' cannot be combined (packed sequences "
-                         f"start from zero states); got initial_state {tuple(initial_state.shape)} and cu_seqlens "
-                         f"{tuple(cu_seqlens.shape)}")
 
 
 def check_update_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, op="selective_state_update"):

@@ -6,9 +6,9 @@ channels of one B/C group per vector; the channels of each group padded to a mul
 not, see ``channel_plan``) where they apply, else the per-row kernels of ``cpu_kernel``.
 Without a compiler the pointwise parts run in torch (``_pointwise``) around the chunked-torch
 scan core (``cpu_torch``). Both keep checkpoints ckpt (batch, dim, n_chunks, N) = h just before
-each chunk. B, C arrive as (batch, G, N, L); h0 (batch, dim, N) or None is the state before
-t = 0 (then ``seq_meta`` marks no reset at t = 0). float16/bfloat16 inputs are computed in
-float32; float64 stays float64.
+each chunk. B, C arrive as (batch, G, N, L); h0 (batch * n_seqs, dim, N) or None holds the state
+before each sequence's start, laid out like the last states (``_seqs``). float16/bfloat16 inputs are
+computed in float32; float64 stays float64.
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def _state_rows(X, dt, ns):
     return out
 
 
-def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id, nseq, need_ckpt, dt):
+def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, start_id, end_id, nseq, need_ckpt, dt):
     batch, dim, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
     u_, dl_, A_, D_, z_, db_, h0_ = (_c(t, dt) for t in (u, delta, A, D, z, delta_bias, h0))
@@ -137,7 +137,7 @@ def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id
         last = torch.zeros(batch, nseq, dimp, ns, dtype=dt)
         ckpt = torch.empty(batch, dimp, nck, ns, dtype=dt) if need_ckpt else torch.empty(0, dtype=dt)
         blk.ss_fwd_blk_f32(ptr(u_), ptr(dl_), ptr(Ap), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
-                           ptr(h0p), ptr(reset), ptr(end_id), ptr(y), ptr(last),
+                           ptr(h0p), ptr(start_id), ptr(end_id), ptr(y), ptr(last),
                            ptr(ckpt) if need_ckpt else None,
                            batch, dimp, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
         # the last states and checkpoints keep dim channels and N entries (the op's contract): the backward pads
@@ -150,16 +150,16 @@ def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id
     ckpt = torch.empty(batch, dim, nck, N, dtype=dt) if need_ckpt else torch.empty(0, dtype=dt)
     Bt, Ct = (_c(X.transpose(-1, -2), dt) for X in (B, C))            # (b, G, L, N), alive across the call
     getattr(lib, "ss_fwd_f64" if dt == torch.float64 else "ss_fwd_f32")(
-        ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(h0_), ptr(reset), ptr(end_id),
+        ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(h0_), ptr(start_id), ptr(end_id),
         ptr(y), ptr(last), ptr(ckpt) if need_ckpt else None,
         batch, dim, L, N, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
     return y, last, ckpt
 
 
-def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id, nseq, ckpt, dt):
+def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, start_id, end_id, nseq, ckpt, dt):
     batch, dim, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
-    u_, dl_, A_, D_, z_, db_ = (_c(t, dt) for t in (u, delta, A, D, z, delta_bias))
+    u_, dl_, A_, D_, z_, db_, h0_ = (_c(t, dt) for t in (u, delta, A, D, z, delta_bias, h0))
     blk = _blocked(u, A, B, C, dt)
     if blk is None:
         ns, plan = N, None
@@ -171,6 +171,7 @@ def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, 
         do_ = _pad_ch(dout.to(dt), plan, 1)                            # the blocked kernels read dout strided
         ck = _pad_n(_pad_ch(_c(ckpt, dt), plan, 1), ns)
         dlast_ = _pad_n(_pad_ch(_c(dlast, dt), plan, 1), ns)     # (b * nseq, dim, N)
+        h0_ = _pad_n(_pad_ch(h0_, plan, 1), ns)
     dimp = u_.shape[1]
     du, ddelta = torch.empty_like(u_), torch.empty_like(u_)
     dA = torch.empty(batch, dimp, ns, dtype=dt)
@@ -178,14 +179,14 @@ def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, 
     dCt = torch.zeros(batch, GC, L, ns, dtype=dt)
     dD = torch.empty(batch, dimp, dtype=dt)
     dz = torch.empty_like(u_) if z is not None else None
-    dh0 = torch.empty(batch, dimp, ns, dtype=dt) if h0 is not None else None
+    dh0 = torch.zeros(batch * nseq, dimp, ns, dtype=dt) if h0 is not None else None   # 0 for empty sequences
     Bt, Ct = (_state_rows(X, dt, ns) for X in (B, C))                 # (b, G, L, ns)
     ddb = None
     if blk is not None:                                                # d delta_bias summed per row in the kernel
         ddb_rows = torch.empty(batch, dimp, dtype=dt) if delta_bias is not None else None
         Ap = _pad_n(A_, ns)                                             # named: alive across the call
-        blk.ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(Ap), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
-                           ptr(reset), ptr(end_id), ptr(ck), ptr(do_, strided=True), ptr(dlast_),
+        blk.ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(Ap), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(h0_),
+                           ptr(start_id), ptr(end_id), ptr(ck), ptr(do_, strided=True), ptr(dlast_),
                            ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0),
                            ptr(ddb_rows), batch, dimp, L, GB, GC, nseq, CHUNK, int(softplus),
                            torch.get_num_threads(), *do_.stride())
@@ -194,7 +195,7 @@ def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, 
         dA, dh0 = (_unpad_ch(t, plan, 1) for t in (dA, dh0))
     else:
         getattr(lib, "ss_bwd_f64" if dt == torch.float64 else "ss_bwd_f32")(
-            ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(reset), ptr(end_id),
+            ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(h0_), ptr(start_id), ptr(end_id),
             ptr(ck), ptr(do_), ptr(dlast_),
             ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0),
             batch, dim, L, N, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
@@ -208,29 +209,29 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, 
     """-> y (batch, dim, L), last (batch * n_seqs, dim, N), ckpt (batch, dim, n_chunks, N) (empty if not needed)."""
     dt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, h0)
     batch, dim, L = u.shape
-    reset, end_id, nseq = seq_meta(cu_seqlens, L, u.device, h0 is not None)
+    start_id, end_id, nseq = seq_meta(cu_seqlens, L, u.device)
     lib = _lib(u)
     if lib is not None:
-        y, last, ckpt = _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id, nseq,
+        y, last, ckpt = _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, start_id, end_id, nseq,
                                need_ckpt, dt)
     else:
         dl, gate = delta_fwd(delta, delta_bias, softplus, dt), gate_fwd(z, dt)
-        y, last, ckpt = cpu_torch.scan_fwd(u, dl, A, B, C, D, gate, h0, reset, end_id, nseq, need_ckpt, dt)
+        y, last, ckpt = cpu_torch.scan_fwd(u, dl, A, B, C, D, gate, h0, start_id, end_id, nseq, need_ckpt, dt)
     return y, last.view(batch * nseq, dim, A.shape[1]), ckpt
 
 
 def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, cu_seqlens, ckpt):
     """-> du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0 in the compute dtype (None for absent inputs)."""
     dt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, h0)
-    reset, end_id, nseq = seq_meta(cu_seqlens, u.shape[2], u.device, h0 is not None)
+    start_id, end_id, nseq = seq_meta(cu_seqlens, u.shape[2], u.device)
     lib = _lib(u)
     if lib is not None:
-        return _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, reset, end_id, nseq,
+        return _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, start_id, end_id, nseq,
                       ckpt, dt)
     dl = delta_fwd(delta, delta_bias, softplus, dt)
     dy, sz = gate_bwd(dout, z, dt)
-    du, ddl, dA, dB, dC, dD, ypre, dh0 = cpu_torch.scan_bwd(u, dl, A, B, C, D, dy, z is not None, reset, end_id,
-                                                            nseq, ckpt, dlast, h0 is not None, dt)
+    du, ddl, dA, dB, dC, dD, ypre, dh0 = cpu_torch.scan_bwd(u, dl, A, B, C, D, dy, z is not None, start_id, end_id,
+                                                            nseq, ckpt, dlast, h0, dt)
     ddelta, ddelta_bias = delta_bwd(ddl, delta, delta_bias, softplus, dt)
     dz = gate_dz(dout, z, sz, ypre, dt) if z is not None else None
     return du, ddelta, dA, dB, dC, (dD if D is not None else None), dz, ddelta_bias, dh0

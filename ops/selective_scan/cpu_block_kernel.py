@@ -303,7 +303,7 @@ static inline void load_params(const float* A, const float* Dv, const float* dbi
 
 void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const float* Bg, const float* Cg,
                     const float* Dv, const float* z, const float* dbias, const float* h0,
-                    const int32_t* reset, const int32_t* end_id, float* y, float* last, float* ckpt,
+                    const int32_t* start_id, const int32_t* end_id, float* y, float* last, float* ckpt,
                     int64_t batch, int64_t dim, int64_t L, int64_t GB, int64_t GC, int64_t nseq,
                     int64_t K, int64_t softplus, int64_t nthreads)
 {
@@ -319,7 +319,7 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
             const float* Cb = Cg + (b * GC + d0 / (dim / GC)) * NS * L;
             vf Av[NS], h[NS], Dd, Bias;
             load_params(A, Dv, dbias, d0, Av, &Dd, &Bias);
-            if (h0) rows_in_ns(h0 + r0 * NS, NS, h); else for (int n = 0; n < NS; n++) h[n] = (vf){};
+            for (int n = 0; n < NS; n++) h[n] = (vf){};
             for (int64_t t0 = 0, c = 0; t0 < L; t0 += K, c++) {
                 const int64_t nt = (t0 + K < L) ? K : L - t0;
                 if (ckpt) rows_out_ns(h, nck * NS, ckpt + (r0 * nck + c) * NS, 1);
@@ -338,7 +338,11 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         PREFETCH_ROWS(y + r0 * L, L, t0 + K, k, 1);
                     }
                     const vf x = vload(tu + k * W), dlv = vload(tdl + k * W), dlx = dlv * x;
-                    if (reset[t]) for (int n = 0; n < NS; n++) h[n] = (vf){};
+                    if (start_id[t] >= 0) {                                          /* h_{-1} of the sequence */
+                        vf hin[NS];                                                  /* (h stays in registers) */
+                        if (h0) rows_in_ns(h0 + ((b * nseq + start_id[t]) * dim + d0) * NS, NS, hin);
+                        for (int n = 0; n < NS; n++) h[n] = h0 ? hin[n] : (vf){};
+                    }
                     vf acc0 = Dd * x, acc1 = (vf){};
                     for (int n = 0; n < NS; n += 2) {
                         const vf a0 = vexp2(dlv * Av[n]), a1 = vexp2(dlv * Av[n + 1]);
@@ -389,8 +393,8 @@ typedef struct {                                                                
    ddelta and the per-block sums. (dC_t = dy h_t, C . h_t and dz need no g: the recompute pass does them, where h_t is in a register.) */
 static inline __attribute__((always_inline)) void bwd_part(
     const int n0, const int s0, const int64_t t0, const int64_t nt,
-    const vf* Av, vf Dd, const float* Bb, const float* Cb, const int32_t* reset, const int32_t* end_id,
-    const float* dlast_b, int64_t dlast_seq, const vf* H, const vf* Ab, BwdTiles T,
+    const vf* Av, vf Dd, const float* Bb, const float* Cb, const int32_t* start_id, const int32_t* end_id,
+    const float* dlast_b, const float* h0_b, float* dh0_b, int64_t seq_stride, const vf* H, const vf* Ab, BwdTiles T,
     vf* gst, vf* dAst, vf* dDst, vf* dbst, vf* aB)
 {
     vf g[NH], dA[NH];
@@ -400,10 +404,15 @@ static inline __attribute__((always_inline)) void bwd_part(
         const int64_t t = t0 + k;
         if (dlast_b && end_id[t] >= 0)                                            /* dlast of the sequence ending at t */
             for (int i = 0; i < NH; i++) for (int j = 0; j < W; j++)
-                g[i][j] += dlast_b[end_id[t] * dlast_seq + j * NS + n0 + i];
+                g[i][j] += dlast_b[end_id[t] * seq_stride + j * NS + n0 + i];
         const vf x = vload(T.tu + k * W), dlv = vload(T.tdl + k * W), dy = vload(T.tdy + k * W), dlx = dlv * x;
-        const int rs = reset[t];
-        const vf* hp = (rs ? zeros_ns : H + k * SLAB) + (n0 - s0);                 /* h_{t-1} (0 at a start) */
+        const int32_t sid = start_id[t];
+        const vf* hp = (sid >= 0 ? zeros_ns : H + k * SLAB) + (n0 - s0);           /* h_{t-1} (h_{-1} at a start) */
+        vf hin[NH];
+        if (sid >= 0 && h0_b) {
+            for (int i = 0; i < NH; i++) for (int j = 0; j < W; j++) hin[i][j] = h0_b[sid * seq_stride + j * NS + n0 + i];
+            hp = hin;
+        }
         const vf* ak = Ab + k * SLAB + (n0 - s0);                                   /* H, Ab: entries s0 .. */
         vf* bk = aB + k * NS + n0;
         const float* Bt = Bb + t * NS + n0;
@@ -418,7 +427,7 @@ static inline __attribute__((always_inline)) void bwd_part(
         for (int i = 0; i < NH; i++) {
             const float Bn = Bt[i], Cn = Ct[i];
             const vf gn = g[i] + dy * Cn;                                           /* g_t */
-            const vf ga = gn * ak[i];                                               /* g_{t-1} before a reset */
+            const vf ga = gn * ak[i];                                               /* g_{t-1} before a start */
             const vf gah = ga * hp[i];                                              /* g a h_{t-1} */
             pdA += gah * Ap[i];                                                     /* times ln 2 at the end */
             dA[i] += gah * dlv;
@@ -426,7 +435,11 @@ static inline __attribute__((always_inline)) void bwd_part(
             bk[i] += gn * dlx;                                                      /* dB_t[n], lane-wise */
             g[i] = ga;
         }
-        if (rs) for (int i = 0; i < NH; i++) g[i] = (vf){};                        /* nothing flows across a start */
+        if (sid >= 0) {                                                             /* d h_{-1} = a_t g_t; nothing */
+            if (dh0_b)                                                              /* flows across a start */
+                for (int i = 0; i < NH; i++) for (int j = 0; j < W; j++) dh0_b[sid * seq_stride + j * NS + n0 + i] = g[i][j];
+            for (int i = 0; i < NH; i++) g[i] = (vf){};
+        }
         if (n0 == 0) {
             vstore(T.tdu + k * W, pb); vstore(T.tdd + k * W, pdA);
         } else if (n0 + NH < NS) {
@@ -457,8 +470,8 @@ static inline void lane_sums(vf* acc, int64_t ng, int64_t K, int64_t nt, float* 
 #define GROUP_OF(blk, G) (((blk) / (dim / W)) * (G) + (((blk) % (dim / W)) * W) / (dim / (G)))
 
 void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const float* Bg, const float* Cg,
-                    const float* Dv, const float* z, const float* dbias, const int32_t* reset, const int32_t* end_id,
-                    const float* ckpt, const float* dout, const float* dlast,
+                    const float* Dv, const float* z, const float* dbias, const float* h0,
+                    const int32_t* start_id, const int32_t* end_id, const float* ckpt, const float* dout, const float* dlast,
                     float* du, float* ddelta, float* dA, float* dBt, float* dCt, float* dD, float* dz, float* dh0,
                     float* ddb_rows,
                     int64_t batch, int64_t dim, int64_t L, int64_t GB, int64_t GC, int64_t nseq,
@@ -521,7 +534,9 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         vstore(tdy + k * W, dy);
                     }
                     vf* aB = accB + (gb - gB0) * K * NS;
-                    const float* dl_b = dlast ? dlast + (b * nseq * dim + d0) * NS : 0;
+                    const float* dl_b = dlast ? dlast + (b * nseq * dim + d0) * NS : 0;   /* (b * nseq, dim, NS) */
+                    const float* h0_b = h0 ? h0 + (b * nseq * dim + d0) * NS : 0;         /* dh0 (zeroed) alike */
+                    float* dh0_b = dh0 ? dh0 + (b * nseq * dim + d0) * NS : 0;
                     vf *dAst = gst + NS, *dDst = dAst + NS, *dbst = dDst + 1;
                     for (int s0 = 0; s0 < NS; s0 += SLAB) {                         /* state entries s0 .. s0 + SLAB - 1 */
                       for (int q = 0; q < SLAB; q += 16) rows_in(ckpt + (r0 * nck + c) * NS + s0 + q, nck * NS, H + q);
@@ -534,7 +549,17 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                             if (z) PREFETCH_ROWS(z + r0 * L, L, t0 - K, k, 0);      /* du, ddelta, dz: streamed out */
                         }
                         const vf dlv = vload(tdl + k * W), dlx = dlv * vload(tu + k * W), dy = vload(tdy + k * W);
-                        const vf* hp = reset[t] ? zeros_ns : H + k * SLAB;           /* h_{t-1} = 0 at a start */
+                        const vf* hp = H + k * SLAB;                                 /* h_{t-1} */
+                        vf hin[SLAB];
+                        if (start_id[t] >= 0) {                                      /* h_{-1} at a start */
+                            if (h0_b) {
+                                for (int q = 0; q < SLAB; q += 16)
+                                    rows_in(h0_b + start_id[t] * dim * NS + s0 + q, NS, hin + q);
+                                hp = hin;
+                            } else {
+                                hp = zeros_ns;
+                            }
+                        }
                         vf* hk = H + (k + 1) * SLAB;                                 /* entry n at [n - s0] */
                         vf* ak = Ab + k * SLAB;
                         vf* ck = accC + ((gc - gC0) * K + k) * NS;
@@ -554,7 +579,8 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         }
                       }
                       for (int n0 = s0; n0 < s0 + SLAB; n0 += NH)
-                        bwd_part(n0, s0, t0, nt, Av, Dd, Bb, Cb, reset, end_id, dl_b, dim * NS, H, Ab, T, gst, dAst, dDst, dbst, aB);
+                        bwd_part(n0, s0, t0, nt, Av, Dd, Bb, Cb, start_id, end_id, dl_b, h0_b, dh0_b, dim * NS, H, Ab, T, gst,
+                                 dAst, dDst, dbst, aB);
                     }
                     tile_out(tdu, L, t0, nt, du + r0 * L, 1);
                     tile_out(tdd, L, t0, nt, ddelta + r0 * L, 1);
@@ -567,7 +593,6 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                 const int64_t r0 = (blk / (dim / W)) * dim + (blk % (dim / W)) * W;
                 const vf* gst = st + (blk - p0) * SW;
                 rows_out_ns(gst + NS, NS, dA + r0 * NS, 0);
-                if (dh0) rows_out_ns(gst, NS, dh0 + r0 * NS, 0);                             /* g after t = 0 already carries a_0 */
                 for (int j = 0; j < W; j++) {
                     dD[r0 + j] = gst[2 * NS][j];
                     if (ddb_rows) ddb_rows[r0 + j] = gst[2 * NS + 1][j];
@@ -588,7 +613,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
 """
 
 _FWD_ARGS = [PTR] * 14 + [I64] * 9
-_BWD_ARGS = [PTR] * 22 + [I64] * 12
+_BWD_ARGS = [PTR] * 23 + [I64] * 12
 
 _FUNCTIONS = {"ss_fwd_blk_f32": _FWD_ARGS, "ss_bwd_blk_f32": _BWD_ARGS, "ss_exp_blk_f32": [PTR, PTR, I64, I64]}
 _LIBS: dict[int, CKernel] = {}

@@ -7,14 +7,16 @@ time step reads one contiguous N-vector. The pointwise parts (dl = softplus(delt
 silu(z) gate and their derivatives) run in a vectorised pre-pass over each row into per-thread
 row buffers, so the whole op is one pass over the inputs.
 
-Forward (per row, h_{-1} = 0, reset to 0 at sequence starts), dl_t = [softplus](delta_t + bias),
+Forward (per row; at every sequence start the carried state is replaced by that sequence's h_{-1}, its
+initial state or 0: ``_seqs``), dl_t = [softplus](delta_t + bias),
 gate_t = silu(z_t) (1 without z):
     a_t = exp(dl_t A);  h_t = a_t h_{t-1} + dl_t u_t B_t;  y_t = (C_t . h_t + D u_t) * gate_t
     h just before every multiple of K steps is kept as a checkpoint for the backward.
 
 Backward, given dy_t = dout_t * gate_t (reverse scan, states recomputed chunk by chunk of K steps
 from the checkpoints):
-    g_t  = dy_t C_t + a_{t+1} g_{t+1}  (+ dlast at a sequence end; nothing flows across a reset)
+    g_t  = dy_t C_t + a_{t+1} g_{t+1}  (+ dlast at a sequence end; nothing flows across a start,
+           where d h_{-1} = a_t g_t goes to the sequence's initial state)
     dC_t += dy_t h_t;  dB_t += g_t dl_t u_t;  du_t = D dy_t + dl_t (g_t . B_t)
     ddl_t = g_t . (a_t h_{t-1} A + B_t u_t);  dA += g_t a_t h_{t-1} dl_t;  dD += dy_t u_t
     ddelta_t = ddl_t sigmoid(delta_t + bias) (softplus);  dz_t = dout_t (C_t . h_t + D u_t) silu'(z_t)
@@ -107,19 +109,19 @@ static inline __attribute__((always_inline)) SCALAR ss_hsum_SFX(SCALAR* p, const
    then the recurrence h = a h + dl u B and y = C . h (a short dependency chain per step). */
 static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
         const SCALAR* ur, const SCALAR* dlr, const SCALAR* Ar, const SCALAR* Bb, const SCALAR* Cb,
-        const SCALAR Dd, const SCALAR* gr, const int32_t* reset, const int32_t* end_id, SCALAR* yr,
+        const SCALAR Dd, const SCALAR* gr, const int32_t* start_id, const int32_t* end_id, SCALAR* yr,
         SCALAR* last_row, SCALAR* ck_row, SCALAR* abuf, const SCALAR* h0_row,
         int64_t L, const int64_t N, int64_t K, int64_t last_stride)
 {
-    SCALAR h[N];
-    for (int64_t n = 0; n < N; n++) h[n] = h0_row ? h0_row[n] : 0;
+    SCALAR h[N];                                           /* h0_row, last_row: sequence i at i * last_stride */
+    for (int64_t n = 0; n < N; n++) h[n] = 0;
     for (int64_t t0 = 0, c = 0; t0 < L; t0 += K, c++) {
         const int64_t nt = (t0 + K < L) ? K : L - t0;
         if (ck_row) for (int64_t n = 0; n < N; n++) ck_row[c * N + n] = h[n];
-        for (int64_t k = 0; k < nt; k++) {                 /* decays; a = 0 at a sequence start */
+        for (int64_t k = 0; k < nt; k++) {                 /* decays; a = 0 at a start from a zero state */
             const SCALAR dl = dlr[t0 + k];
             SCALAR* ak = abuf + k * N;
-            if (reset[t0 + k]) { for (int64_t n = 0; n < N; n++) ak[n] = 0; continue; }
+            if (!h0_row && start_id[t0 + k] >= 0) { for (int64_t n = 0; n < N; n++) ak[n] = 0; continue; }
             #pragma omp simd
             for (int64_t n = 0; n < N; n++) ak[n] = VEXP(dl * Ar[n]);
         }
@@ -130,6 +132,7 @@ static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
             const SCALAR* Bp = Bb + t * N;
             const SCALAR* Cp = Cb + t * N;
             SCALAR p[N];
+            if (h0_row && start_id[t] >= 0) for (int64_t n = 0; n < N; n++) h[n] = h0_row[start_id[t] * last_stride + n];
             #pragma omp simd
             for (int64_t n = 0; n < N; n++) {
                 const SCALAR hn = ak[n] * h[n] + dlx * Bp[n];
@@ -146,7 +149,7 @@ static inline __attribute__((always_inline)) void ss_fwd_row_SFX(
 
 void ss_fwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
                 const SCALAR* Dv, const SCALAR* z, const SCALAR* dbias, const SCALAR* h0,
-                const int32_t* reset, const int32_t* end_id, SCALAR* y, SCALAR* last, SCALAR* ckpt,
+                const int32_t* start_id, const int32_t* end_id, SCALAR* y, SCALAR* last, SCALAR* ckpt,
                 int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t GB, int64_t GC, int64_t nseq,
                 int64_t K, int64_t softplus, int64_t nthreads)
 {
@@ -163,15 +166,16 @@ void ss_fwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCA
             const SCALAR* Cb = Ct + (b * GC + d / (dim / GC)) * L * N;
             const SCALAR Dd = Dv ? Dv[d] : (SCALAR)0;
             SCALAR* last_row = last ? last + (b * nseq * dim + d) * N : 0;
+            const SCALAR* h0_row = h0 ? h0 + (b * nseq * dim + d) * N : 0;
             SCALAR* ck_row = ckpt ? ckpt + r * nck * N : 0;
             ss_prep_delta_SFX(delta + r * L, dbias ? dbias[d] : (SCALAR)0, softplus, dl, 0, L);
             if (z) ss_prep_gate_SFX(z + r * L, gate, 0, L);
             if (N == 16)
-                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, abuf,
-                               h0 ? h0 + r * N : 0, L, 16, K, dim * N);
+                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, start_id, end_id, y + r * L, last_row, ck_row, abuf,
+                               h0_row, L, 16, K, dim * N);
             else
-                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, reset, end_id, y + r * L, last_row, ck_row, abuf,
-                               h0 ? h0 + r * N : 0, L, N, K, dim * N);
+                ss_fwd_row_SFX(u + r * L, dl, A + d * N, Bb, Cb, Dd, gate, start_id, end_id, y + r * L, last_row, ck_row, abuf,
+                               h0_row, L, N, K, dim * N);
         }
         free(dl); free(gate); free(abuf);
     }
@@ -180,9 +184,9 @@ void ss_fwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCA
 /* one row of the backward: recompute each chunk's states from its checkpoint, then reverse-scan it */
 static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
         const SCALAR* ur, const SCALAR* dlr, const SCALAR* Ar, const SCALAR* Bb, const SCALAR* Cb,
-        const SCALAR Dd, const SCALAR* dyr, const int32_t* reset, const int32_t* end_id,
+        const SCALAR Dd, const SCALAR* dyr, const int32_t* start_id, const int32_t* end_id,
         const SCALAR* ck_row, const SCALAR* dlast_row, SCALAR* dur, SCALAR* ddlr, SCALAR* dAr, SCALAR* dDr,
-        SCALAR* ypre_r, SCALAR* myBb, SCALAR* myCb, SCALAR* hbuf, SCALAR* abuf, SCALAR* dh0_row,
+        SCALAR* ypre_r, SCALAR* myBb, SCALAR* myCb, SCALAR* hbuf, SCALAR* abuf, const SCALAR* h0_row, SCALAR* dh0_row,
         int64_t L, const int64_t N, int64_t K, int64_t last_stride)
 {
     const int64_t nck = (L + K - 1) / K;
@@ -191,8 +195,8 @@ static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
     for (int64_t n = 0; n < N; n++) { g[n] = 0; dAacc[n] = 0; zeros[n] = 0; }
     for (int64_t c = nck - 1; c >= 0; c--) {
         const int64_t t0 = c * K, t1 = (t0 + K < L) ? t0 + K : L;
-        const SCALAR* h0 = ck_row + c * N;
-        for (int64_t n = 0; n < N; n++) h[n] = h0[n];
+        const SCALAR* hck = ck_row + c * N;
+        for (int64_t n = 0; n < N; n++) h[n] = hck[n];
         for (int64_t t = t0; t < t1; t++) {              /* the chunk's decays (vectorised, independent) */
             const SCALAR dl = dlr[t];
             SCALAR* ak = abuf + (t - t0) * N;
@@ -201,7 +205,8 @@ static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
         }
         for (int64_t t = t0; t < t1; t++) {              /* recompute the chunk's states */
             const int64_t k = t - t0;
-            if (reset[t]) for (int64_t n = 0; n < N; n++) h[n] = 0;
+            if (start_id[t] >= 0)
+                for (int64_t n = 0; n < N; n++) h[n] = h0_row ? h0_row[start_id[t] * last_stride + n] : 0;
             const SCALAR dlx = dlr[t] * ur[t];
             const SCALAR* Bp = Bb + t * N;
             const SCALAR* ak = abuf + k * N;
@@ -219,13 +224,13 @@ static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
             const SCALAR* Cp = Cb + t * N;
             const SCALAR* ak = abuf + k * N;
             const SCALAR* hk = hbuf + k * N;
-            const SCALAR* hp = reset[t] ? zeros : (k > 0 ? hbuf + (k - 1) * N : h0);
+            const int32_t sid = start_id[t];                 /* h_{t-1}: the sequence's h_{-1} at its start */
+            const SCALAR* hp = sid >= 0 ? (h0_row ? h0_row + sid * last_stride : zeros) : (k > 0 ? hbuf + (k - 1) * N : hck);
             if (dlast_row && end_id[t] >= 0)
                 for (int64_t n = 0; n < N; n++) g[n] += dlast_row[end_id[t] * last_stride + n];
             SCALAR* mB = myBb + t * N;
             SCALAR* mC = myCb + t * N;
             SCALAR pd[N], pb[N], py[N];
-            const SCALAR keep = reset[t] ? (SCALAR)0 : (SCALAR)1;
             #pragma omp simd
             for (int64_t n = 0; n < N; n++) {
                 const SCALAR gn = g[n] + dy * Cp[n];
@@ -236,7 +241,11 @@ static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
                 pd[n] = gn * (ah * Ar[n] + Bp[n] * x);
                 dAacc[n] += gn * ah * dl;
                 pb[n] = gn * Bp[n];
-                g[n] = keep * gn * ak[n];
+                g[n] = gn * ak[n];
+            }
+            if (sid >= 0) {                                  /* d h_{-1}; nothing flows across a start */
+                if (dh0_row) for (int64_t n = 0; n < N; n++) dh0_row[sid * last_stride + n] = g[n];
+                for (int64_t n = 0; n < N; n++) g[n] = 0;
             }
             const SCALAR ddl = ss_hsum_SFX(pd, N), gB = ss_hsum_SFX(pb, N);
             if (ypre_r) ypre_r[t] = ss_hsum_SFX(py, N) + Dd * x;
@@ -246,13 +255,12 @@ static inline __attribute__((always_inline)) void ss_bwd_row_SFX(
         }
     }
     for (int64_t n = 0; n < N; n++) dAr[n] = dAacc[n];
-    if (dh0_row) for (int64_t n = 0; n < N; n++) dh0_row[n] = g[n];   /* g after t = 0 carries a_0 (no reset there) */
     *dDr = dDacc;
 }
 
 void ss_bwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* Bt, const SCALAR* Ct,
-                const SCALAR* Dv, const SCALAR* z, const SCALAR* dbias, const int32_t* reset, const int32_t* end_id,
-                const SCALAR* ckpt, const SCALAR* dout, const SCALAR* dlast,
+                const SCALAR* Dv, const SCALAR* z, const SCALAR* dbias, const SCALAR* h0,
+                const int32_t* start_id, const int32_t* end_id, const SCALAR* ckpt, const SCALAR* dout, const SCALAR* dlast,
                 SCALAR* du, SCALAR* ddelta, SCALAR* dA, SCALAR* dBt, SCALAR* dCt, SCALAR* dD, SCALAR* dz, SCALAR* dh0,
                 int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t GB, int64_t GC, int64_t nseq,
                 int64_t K, int64_t softplus, int64_t nthreads)
@@ -277,6 +285,8 @@ void ss_bwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCA
             const int64_t gb = b * GB + d / (dim / GB), gc = b * GC + d / (dim / GC);
             const SCALAR Dd = Dv ? Dv[d] : (SCALAR)0;
             const SCALAR* dlast_row = dlast ? dlast + (b * nseq * dim + d) * N : 0;
+            const SCALAR* h0_row = h0 ? h0 + (b * nseq * dim + d) * N : 0;      /* dh0 (zeroed) laid out alike */
+            SCALAR* dh0_row = dh0 ? dh0 + (b * nseq * dim + d) * N : 0;
             const SCALAR* dor = dout + r * L;
             ss_prep_delta_SFX(delta + r * L, dbias ? dbias[d] : (SCALAR)0, softplus, dl, sg, L);
             if (z) {
@@ -287,12 +297,12 @@ void ss_bwd_SFX(const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCA
             }
             if (N == 16)
                 ss_bwd_row_SFX(u + r * L, dl, A + d * N, Bt + gb * L * N, Ct + gc * L * N, Dd, dy,
-                               reset, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddelta + r * L, dA + r * N, dD + r,
-                               ypre, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, dh0 ? dh0 + r * N : 0, L, 16, K, dim * N);
+                               start_id, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddelta + r * L, dA + r * N, dD + r,
+                               ypre, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, h0_row, dh0_row, L, 16, K, dim * N);
             else
                 ss_bwd_row_SFX(u + r * L, dl, A + d * N, Bt + gb * L * N, Ct + gc * L * N, Dd, dy,
-                               reset, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddelta + r * L, dA + r * N, dD + r,
-                               ypre, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, dh0 ? dh0 + r * N : 0, L, N, K, dim * N);
+                               start_id, end_id, ckpt + r * nck * N, dlast_row, du + r * L, ddelta + r * L, dA + r * N, dD + r,
+                               ypre, myB + gb * L * N, myC + gc * L * N, hbuf, abuf, h0_row, dh0_row, L, N, K, dim * N);
             SCALAR* ddr = ddelta + r * L;                                /* ddl -> ddelta */
             for (int64_t t = 0; t < L; t++) ddr[t] *= sg[t];
             if (z) {
@@ -324,7 +334,7 @@ _SOURCE = (COMMON_SOURCE + _instantiate(_TEMPLATE, "float", "f32", "cpu_exp_f32"
            + _instantiate(_PREP_TEMPLATE + _TEMPLATE, "double", "f64", "exp", "log1p"))
 
 _FWD_ARGS = [PTR] * 14 + [I64] * 10
-_BWD_ARGS = [PTR] * 21 + [I64] * 10
+_BWD_ARGS = [PTR] * 22 + [I64] * 10
 
 LIB = CKernel("selective_scan", _SOURCE, {
     "ss_fwd_f32": _FWD_ARGS, "ss_fwd_f64": _FWD_ARGS,

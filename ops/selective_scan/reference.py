@@ -9,7 +9,8 @@ For every batch row b and channel d (state h in R^N, h_{-1} = initial_state[b, d
 
 Layouts (mamba_ssm's selective_scan_fn): u, delta, z (batch, dim, L); A (dim, N); B, C
 (batch, N, L) or (batch, G, N, L) with channel d reading group d // (dim // G); D, delta_bias
-(dim,). ``cu_seqlens`` (batch 1, [0, l1, l1+l2, ..., L]) resets h to 0 at every sequence start.
+(dim,). ``cu_seqlens`` (batch 1, [0, l1, l1+l2, ..., L]) restarts h at every sequence start, from
+initial_state[i] (then (n_seqs, dim, N)) for sequence i, or from 0.
 
 This is the ground truth for the tests: a plain loop over time, computed in float64 when any
 input is float64 and float32 otherwise, differentiable by autograd. It is slow on purpose.
@@ -37,7 +38,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                              return_last_state=False, cu_seqlens=None, *, initial_state=None):
     """y (batch, dim, L) in u's dtype [, last_state (batch or n_seqs, dim, N) in the compute dtype].
 
-    ``initial_state`` (batch, dim, N) is h_{-1} (without cu_seqlens only)."""
+    ``initial_state`` is h_{-1}: (batch, dim, N), or (n_seqs, dim, N) with cu_seqlens (one per sequence)."""
     dt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -49,22 +50,25 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         delta_ = delta_ + delta_bias.to(dt)[:, None]
     if delta_softplus:
         delta_ = F.softplus(delta_)
-    starts = {0} if initial_state is None else set()
-    ends = {L - 1: 0}
-    if cu_seqlens is not None:
+    zero = u_.new_zeros(batch, dim, N)
+    if cu_seqlens is None:
+        n_seqs, starts, ends = 1, {0: 0}, {L - 1: 0}
+        inits = [zero if initial_state is None else initial_state.to(dt)]
+    else:
         cs = [int(v) for v in cu_seqlens.tolist()]
-        starts = {cs[i] for i in range(len(cs) - 1) if cs[i] < cs[i + 1]}
-        ends = {cs[i + 1] - 1: i for i in range(len(cs) - 1) if cs[i] < cs[i + 1]}
         n_seqs = len(cs) - 1
-    h = u_.new_zeros(batch, dim, N) if initial_state is None else initial_state.to(dt)   # (b, d, N)
-    last = [None] * (n_seqs if cu_seqlens is not None else 1)
+        starts = {cs[i]: i for i in range(n_seqs) if cs[i] < cs[i + 1]}
+        ends = {cs[i + 1] - 1: i for i in range(n_seqs) if cs[i] < cs[i + 1]}
+        inits = [zero if initial_state is None else initial_state[i:i + 1].to(dt) for i in range(n_seqs)]
+    h = zero                                                  # (b, d, N)
+    last = list(inits)                                        # an empty sequence's last state is its initial one
     ys = []
     # per-step views by unbind (its backward stacks the L gradients once; indexing [..., t] would
     # build a full-size gradient per step, quadratic in L)
     dls, Bs, Cs, us = delta_.unbind(-1), B_.unbind(-1), C_.unbind(-1), u_.unbind(-1)
     for t in range(L):
         if t in starts:
-            h = torch.zeros_like(h)
+            h = inits[starts[t]]
         dl = dls[t][..., None]                                # (b, d, 1)
         h = torch.exp(dl * A_) * h + dl * Bs[t] * us[t][..., None]
         ys.append((h * Cs[t]).sum(-1))                        # (b, d)
@@ -78,10 +82,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     y = y.to(u.dtype)
     if not return_last_state:
         return y
-    zero = u_.new_zeros(batch, dim, N)
-    if cu_seqlens is None:
-        return y, (last[0] if last[0] is not None else zero if initial_state is None else h)
-    return y, torch.cat([s if s is not None else zero for s in last], dim=0)
+    return y, torch.cat(last, dim=0)
 
 
 def selective_state_update_reference(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):

@@ -4,21 +4,21 @@ One program per (block of BLOCK_D channels, batch row), walking the tiles of BLO
 the last to the first. For a tile starting at t0:
 
 1. Reverse scan of the state gradient, g_t = dy_t C_t + a_{t+1} g_{t+1} (+ dlast at a sequence end,
-   a_{t+1} = 0 when t+1 starts a sequence), with dy_t = dout_t silu(z_t). The tile is *loaded in
+   a_{t+1} = 0 when t+1 starts a sequence, START_ID as in ``triton_fwd``), with dy_t = dout_t silu(z_t). The tile is *loaded in
    reversed order*, j -> t = t0 + BLOCK_T - 1 - j, so this is a forward ``tl.associative_scan``
    of the pairs (a_{t+1}, dy_t C_t) with the carry g_{t0 + BLOCK_T} from the later tile
    (never ``associative_scan(reverse=True)``). g goes back to time order through a per-program
    scratch tile (store at j, load at BLOCK_T - 1 - j): cheap on GPU (L1/L2) and, unlike
    ``tl.flip``'s xor-reductions, fast in the CPU interpreter.
 2. Recompute h_t in the tile from the checkpoint written by the forward (same scan as forward).
-3. With a_t h_{t-1} = h_t - dl_t u_t B_t:
+3. With a_t h_{t-1} = h_t - dl_t u_t B_t (a_t h0_i at the start of sequence i):
        ddl_t = sum_n g (a h_{t-1} A + B u);  dA += sum_t g a h_{t-1} dl;  du_t = dl (g . B) + D dy
        dB_t += sum_d g dl u;  dC_t += sum_d dy h_t;  dD += sum_t dy u;  dz = dout ypre silu'(z)
        ddelta = ddl * sigmoid(delta + bias) under softplus.
    dB, dC (shared by the channels of a group) are accumulated with atomic adds; dA, dD are
    written per (batch, channel) and summed over batch by the launcher.
-4. With an initial state (HAS_H0; t = 0 is then no reset), d h0 = d h_{-1} = a_0 g_0, g_0 being the
-   carry left after the first tile.
+4. With initial states (HAS_H0), d h0_i = a_t g_t at the start t of sequence i (DH0 zeroed by the
+   launcher: an empty sequence has no start).
 """
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ import triton
 import triton.language as tl
 
 from .._triton_aot import AotSpec
-from .triton_fwd import BLOCK_T, NUM_WARPS, _acc, _combine, _load_channel_vec, _load_delta
+from .triton_fwd import BLOCK_T, NUM_WARPS, _acc, _combine, _load_channel_vec, _load_delta, _seq_states
 
 
 @triton.jit
 def _ss_bwd_kernel(
-    U, DELTA, A, B, C, D, Z, DBIAS, RESET, END_ID, CKPT, DOUT, DLAST,
-    DU, DDELTA, DA, DB, DC, DD, DZ, DH0,  # DU, DDELTA, DZ (b, dim, L); DA, DH0 (b, dim, N); DB, DC like B, C (fp32/fp64); DD (b, dim)
+    U, DELTA, A, B, C, D, Z, DBIAS, H0, START_ID, END_ID, CKPT, DOUT, DLAST,
+    DU, DDELTA, DA, DB, DC, DD, DZ, DH0,  # DU, DDELTA, DZ (b, dim, L); DA (b, dim, N); H0, DH0 (b, nseq, dim, N); DB, DC like B, C (fp32/fp64); DD (b, dim)
     SCRATCH,                             # (n_programs, BLOCK_D, BLOCK_N, BLOCK_T) fp32/fp64: time-reversal of g
     dim, L, N, GB, GC, nseq, n_tiles,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, HAS_DLAST: tl.constexpr,
@@ -73,8 +73,8 @@ def _ss_bwd_kernel(
         offs_r = row[:, None] + tr[None, :]
         _, dl_next = _load_delta(DELTA, row[:, None] + tn[None, :], mask_d[:, None] & m_n[None, :], bias, SOFTPLUS, IS_F64)
         a_next = tl.exp(dl_next[:, None, :] * A_[:, :, None])                 # a_{t+1}, (BD, BN, BT)
-        rs_next = tl.load(RESET + tn, mask=m_n, other=1)
-        a_next = tl.where((rs_next != 0)[None, None, :], 0.0, a_next)
+        sid_next = tl.load(START_ID + tn, mask=m_n, other=0)
+        a_next = tl.where((sid_next >= 0)[None, None, :], 0.0, a_next)
         a_next = tl.where(m_r[None, None, :], a_next, 1.0)
         dy_r = _acc(tl.load(DOUT + offs_r, mask=md_r, other=0.0), IS_F64)
         if HAS_Z:
@@ -100,19 +100,25 @@ def _ss_bwd_kernel(
         m_dt = mask_d[:, None] & mask_t[None, :]
         m_nt = mask_n[:, None] & mask_t[None, :]
         offs_dt = row[:, None] + offs_t[None, :]
-        h0 = _acc(tl.load(CKPT + (ck_row[:, None] + tile) * N + offs_n[None, :], mask=mask_dn, other=0.0), IS_F64)
+        hck = _acc(tl.load(CKPT + (ck_row[:, None] + tile) * N + offs_n[None, :], mask=mask_dn, other=0.0), IS_F64)
         u = _acc(tl.load(U + offs_dt, mask=m_dt, other=0.0), IS_F64)
         raw, dl = _load_delta(DELTA, offs_dt, m_dt, bias, SOFTPLUS, IS_F64)
-        rs = tl.load(RESET + offs_t, mask=mask_t, other=0)
+        sid = tl.load(START_ID + offs_t, mask=mask_t, other=-1)
         Bv = _acc(tl.load(B + gB_off + offs_n[:, None] * L + offs_t[None, :], mask=m_nt, other=0.0), IS_F64)
         Cv = _acc(tl.load(C + gC_off + offs_n[:, None] * L + offs_t[None, :], mask=m_nt, other=0.0), IS_F64)
         a = tl.exp(dl[:, None, :] * A_[:, :, None])
-        a = tl.where((rs != 0)[None, None, :], 0.0, a)
-        a = tl.where(mask_t[None, None, :], a, 1.0)
         dlu = dl * u
         bx = dlu[:, None, :] * Bv[None, :, :]
-        ac, bc = tl.associative_scan((a, bx), 2, _combine)
-        hs = ac * h0[:, :, None] + bc                                          # h_t
+        bx_in = bx
+        if HAS_H0:                                                             # a_t h0_i enters at a start
+            bx_in = bx + a * _seq_states(H0, sid, pid_b, nseq, dim, N, offs_d, offs_n, mask_dn, IS_F64)
+            at_start = (sid >= 0)[None, None, :] & mask_dn[:, :, None]
+            hp = ((pid_b * nseq + sid[None, None, :]) * dim + offs_d[:, None, None]) * N + offs_n[None, :, None]
+            tl.store(DH0 + hp, a * gs, mask=at_start)                         # d h0_i = a_t g_t
+        a = tl.where((sid >= 0)[None, None, :], 0.0, a)
+        a = tl.where(mask_t[None, None, :], a, 1.0)
+        ac, bc = tl.associative_scan((a, bx_in), 2, _combine)
+        hs = ac * hck[:, :, None] + bc                                         # h_t
         ah = tl.where(mask_t[None, None, :], hs - bx, 0.0)                     # a_t h_{t-1}
         # ---- 3. gradients
         dout = _acc(tl.load(DOUT + offs_dt, mask=m_dt, other=0.0), IS_F64)
@@ -137,17 +143,11 @@ def _ss_bwd_kernel(
         tl.atomic_add(DC + gC_off + offs_n[:, None] * L + offs_t[None, :], dCt, mask=m_nt)
     tl.store(DA + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], dA_acc, mask=mask_dn)
     tl.store(DD + pid_b * dim + offs_d, dD_acc, mask=mask_d)
-    if HAS_H0:                                                                 # g is g_0 now: d h_{-1} = a_0 g_0
-        _, dl0 = _load_delta(DELTA, row[:, None] + jj[None, :], mask_d[:, None] & (jj == 0)[None, :], bias,
-                             SOFTPLUS, IS_F64)
-        dl0 = tl.sum(tl.where((jj == 0)[None, :], dl0, 0.0), axis=1)          # (BD,)
-        a0 = tl.exp(dl0[:, None] * A_)
-        tl.store(DH0 + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], a0 * g, mask=mask_dn)
 
 
 def _sig(dtype: str):
     p, acc = f"*{dtype}", "*fp64" if dtype == "fp64" else "*fp32"
-    return {"U": p, "DELTA": p, "A": p, "B": p, "C": p, "D": p, "Z": p, "DBIAS": p, "RESET": "*i32",
+    return {"U": p, "DELTA": p, "A": p, "B": p, "C": p, "D": p, "Z": p, "DBIAS": p, "H0": acc, "START_ID": "*i32",
             "END_ID": "*i32", "CKPT": acc, "DOUT": p, "DLAST": acc,
             "DU": acc, "DDELTA": acc, "DA": acc, "DB": acc, "DC": acc, "DD": acc, "DZ": acc, "DH0": acc, "SCRATCH": acc,
             "dim": "i32", "L": "i32", "N": "i32", "GB": "i32", "GC": "i32", "nseq": "i32", "n_tiles": "i32",

@@ -3,12 +3,13 @@
 One program per (block of BLOCK_D channels, batch row). It walks L in tiles of BLOCK_T steps;
 inside a tile the pairs (a_t, b_t) = (exp(dl_t A), dl_t u_t B_t), shaped (BLOCK_D, BLOCK_N,
 BLOCK_T), are combined by ``tl.associative_scan`` with (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2),
-and the state entering the tile is carried across tiles (the first carry is H0, the initial state,
-when HAS_H0, else 0):
+and the state entering the tile is carried across tiles (the first carry is 0):
 
     h_t = acum_t * h_carry + bcum_t;   y_t = sum_n C_t[n] h_t[n] + D u_t;   y_t *= silu(z_t)
 
-A sequence start (cu_seqlens) sets a_t = 0, which cuts the carry and the in-tile history. The
+A sequence start (START_ID[t] = i >= 0, see ``_seqs``) sets a_t = 0, which cuts the carry and the
+in-tile history, and with initial states (HAS_H0) adds a_t h0_i to b_t, h0_i the sequence's state
+before its start (H0 laid out like LAST). The
 state entering every tile is written to ``CKPT`` (batch, dim, n_tiles, N) for the backward; the
 state at each sequence end goes to ``LAST`` (batch, n_seqs, dim, N). State and accumulation are
 float32 (float64 when IS_F64). All channels of a block read one B/C group (the launcher picks
@@ -55,8 +56,15 @@ def _load_channel_vec(P, offs_d, mask_d, HAS: tl.constexpr, IS_F64: tl.constexpr
 
 
 @triton.jit
+def _seq_states(H0, sid, pid_b, nseq, dim, N, offs_d, offs_n, mask_dn, IS_F64: tl.constexpr):
+    """(BD, BN, BT): the initial state of the sequence starting at each step (sid >= 0), 0 elsewhere."""
+    p = H0 + ((pid_b * nseq + sid[None, None, :]) * dim + offs_d[:, None, None]) * N + offs_n[None, :, None]
+    return _acc(tl.load(p, mask=(sid >= 0)[None, None, :] & mask_dn[:, :, None], other=0.0), IS_F64)
+
+
+@triton.jit
 def _ss_fwd_kernel(
-    U, DELTA, A, B, C, D, Z, DBIAS, H0, RESET, END_ID,  # U, DELTA, Z (b, dim, L); A (dim, N); B (b, GB, N, L); C (b, GC, N, L); H0 (b, dim, N)
+    U, DELTA, A, B, C, D, Z, DBIAS, H0, START_ID, END_ID,  # U, DELTA, Z (b, dim, L); A (dim, N); B (b, GB, N, L); C (b, GC, N, L); H0 (b, nseq, dim, N)
     Y, LAST, CKPT,                                       # Y (b, dim, L); LAST (b, nseq, dim, N); CKPT (b, dim, n_tiles, N)
     dim, L, N, GB, GC, nseq, n_tiles,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -79,10 +87,7 @@ def _ss_fwd_kernel(
     B_base = B + (pid_b * GB + d0 // (dim // GB)) * N * L
     C_base = C + (pid_b * GC + d0 // (dim // GC)) * N * L
     ck_row = (pid_b * dim + offs_d) * n_tiles                               # (BD,)
-    if HAS_H0:                                                              # (BD, BN) state
-        h = _acc(tl.load(H0 + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], mask=mask_dn, other=0.0), IS_F64)
-    else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=A_.dtype)
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=A_.dtype)                      # (BD, BN) state
     for tile in range(0, n_tiles):
         t0 = tile * BLOCK_T
         offs_t = t0 + jj
@@ -94,13 +99,15 @@ def _ss_fwd_kernel(
         offs_dt = row[:, None] + offs_t[None, :]
         u = _acc(tl.load(U + offs_dt, mask=m_dt, other=0.0), IS_F64)       # (BD, BT)
         raw, dl = _load_delta(DELTA, offs_dt, m_dt, bias, SOFTPLUS, IS_F64)
-        rs = tl.load(RESET + offs_t, mask=mask_t, other=0)                   # (BT,)
+        sid = tl.load(START_ID + offs_t, mask=mask_t, other=-1)              # (BT,)
         Bv = _acc(tl.load(B_base + offs_n[:, None] * L + offs_t[None, :], mask=m_nt, other=0.0), IS_F64)  # (BN, BT)
         Cv = _acc(tl.load(C_base + offs_n[:, None] * L + offs_t[None, :], mask=m_nt, other=0.0), IS_F64)
         a = tl.exp(dl[:, None, :] * A_[:, :, None])                          # (BD, BN, BT)
-        a = tl.where((rs != 0)[None, None, :], 0.0, a)
-        a = tl.where(mask_t[None, None, :], a, 1.0)
         bx = (dl * u)[:, None, :] * Bv[None, :, :]
+        if HAS_H0:
+            bx += a * _seq_states(H0, sid, pid_b, nseq, dim, N, offs_d, offs_n, mask_dn, IS_F64)
+        a = tl.where((sid >= 0)[None, None, :], 0.0, a)
+        a = tl.where(mask_t[None, None, :], a, 1.0)
         ac, bc = tl.associative_scan((a, bx), 2, _combine)
         hs = ac * h[:, :, None] + bc                                         # h_t, (BD, BN, BT)
         y = tl.sum(hs * Cv[None, :, :], axis=1) + Dv[:, None] * u            # (BD, BT)
@@ -117,7 +124,7 @@ def _ss_fwd_kernel(
 
 def _sig(dtype: str, ckpt: bool):
     p, acc = f"*{dtype}", "*fp64" if dtype == "fp64" else "*fp32"
-    return {"U": p, "DELTA": p, "A": p, "B": p, "C": p, "D": p, "Z": p, "DBIAS": p, "H0": acc, "RESET": "*i32",
+    return {"U": p, "DELTA": p, "A": p, "B": p, "C": p, "D": p, "Z": p, "DBIAS": p, "H0": acc, "START_ID": "*i32",
             "END_ID": "*i32", "Y": p, "LAST": acc, "CKPT": acc,
             "dim": "i32", "L": "i32", "N": "i32", "GB": "i32", "GC": "i32", "nseq": "i32", "n_tiles": "i32",
             "HAS_D": "constexpr", "HAS_Z": "constexpr", "HAS_DBIAS": "constexpr", "SOFTPLUS": "constexpr",

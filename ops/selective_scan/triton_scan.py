@@ -2,8 +2,8 @@
 
 Inputs keep their dtype in memory (float16/bfloat16 are upcast inside the kernels); state,
 checkpoints, gradients of B/C (atomic adds) and accumulation are float32, float64 when any input
-is float64. B, C arrive as (batch, G, N, L). h0 (batch, dim, N) or None is the state before t = 0: it
-enters the first tile's carry, and the backward returns d h0 = a_0 g_0 (``seq_meta`` then marks no reset at 0).
+is float64. B, C arrive as (batch, G, N, L). h0 (batch * n_seqs, dim, N) or None holds each sequence's state
+before its start, laid out like the last states (``_seqs``); the backward returns d h0 = a_t g_t at each start.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, 
     dt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, h0)
     batch, dim, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
-    reset, end_id, nseq = seq_meta(cu_seqlens, L, u.device, h0 is not None)
+    start_id, end_id, nseq = seq_meta(cu_seqlens, L, u.device)
     h0_ = h0.to(dt).contiguous() if h0 is not None else None
     _, (u_, dl_, A_, B_, C_, D_, z_, db_) = _same_dtype(dt, u, delta, A, B, C, D, z, delta_bias)
     bt = ckpt_chunk(u)
@@ -60,7 +60,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, 
         dummy = u_
         _ss_fwd_kernel[(dim // bd, batch)](
             u_, dl_, A_, B_, C_, D_ if D_ is not None else dummy, z_ if z_ is not None else dummy,
-            db_ if db_ is not None else dummy, h0_ if h0_ is not None else last, reset, end_id, y, last,
+            db_ if db_ is not None else dummy, h0_ if h0_ is not None else last, start_id, end_id, y, last,
             ckpt if need_ckpt else last, dim, L, N, GB, GC, nseq, n_tiles,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
             WRITE_CKPT=bool(need_ckpt), IS_F64=dt == torch.float64, HAS_H0=h0 is not None,
@@ -72,7 +72,8 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, sof
     dt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, h0)
     batch, dim, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
-    reset, end_id, nseq = seq_meta(cu_seqlens, L, u.device, h0 is not None)
+    start_id, end_id, nseq = seq_meta(cu_seqlens, L, u.device)
+    h0_ = h0.to(dt).contiguous() if h0 is not None else None
     _, (u_, dl_, A_, B_, C_, D_, z_, db_, do_) = _same_dtype(dt, u, delta, A, B, C, D, z, delta_bias, dout)
     dlast_ = dlast.to(dt).contiguous() if dlast is not None else None
     bt = ckpt_chunk(u)
@@ -82,13 +83,14 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, sof
     dz = torch.empty(batch, dim, L, **kw) if z is not None else None
     dA, dD = torch.empty(batch, dim, N, **kw), torch.empty(batch, dim, **kw)
     dB, dC = torch.zeros(B.shape, **kw), torch.zeros(C.shape, **kw)
-    dh0 = torch.empty(batch, dim, N, **kw) if h0 is not None else None
+    dh0 = torch.zeros(batch * nseq, dim, N, **kw) if h0 is not None else None   # 0 for empty sequences
     bd = _block_d(BWD_BLOCK_D, dim, GB, GC)
     if batch * dim * L:
         dummy = u_
         _ss_bwd_kernel[(dim // bd, batch)](
             u_, dl_, A_, B_, C_, D_ if D_ is not None else dummy, z_ if z_ is not None else dummy,
-            db_ if db_ is not None else dummy, reset, end_id, ckpt.to(dt).contiguous(), do_,
+            db_ if db_ is not None else dummy, h0_ if h0_ is not None else dA, start_id, end_id,
+            ckpt.to(dt).contiguous(), do_,
             dlast_ if dlast_ is not None else du,
             du, ddelta, dA, dB, dC, dD, dz if dz is not None else du, dh0 if dh0 is not None else dA,
             torch.empty(batch * (dim // bd) * bd * triton.next_power_of_2(N) * bt, **kw),

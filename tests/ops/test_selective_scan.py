@@ -406,12 +406,56 @@ def test_cu_seqlens_packed_equals_separate(backend):
         assert_close(a, e, name=f"d{k} packed vs separate")
 
 
-@pytest.mark.parametrize("d,N", [(16, 16), (16, 9), (13, 9)])
-def test_cu_seqlens_blocked_kernel(cpu_backend, d, N):
+def _with_seq_states(inputs, n_seqs, seed=7):
+    """inputs plus one random initial state per packed sequence, (n_seqs, dim, N), a leaf."""
+    g = torch.Generator().manual_seed(seed)
+    d, N = inputs["A"].shape
+    h0 = torch.randn(n_seqs, d, N, generator=g, dtype=torch.float64).to(inputs["u"].dtype)
+    return {**inputs, "initial_state": h0.requires_grad_()}
+
+
+def test_cu_seqlens_initial_states_equal_each_sequence_from_its_state(backend):
+    """One initial state per packed sequence: y, the last states and every gradient (d initial_state too)
+    equal each sequence run alone from its own state; an empty sequence's last state is its initial state,
+    whose gradient is then the last state's."""
+    lens = [5, 0, 20, 1, 13]                     # 20: a start inside the interpreter's 16-step tiles
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    inputs = _with_seq_states(_inputs(1, 2, int(cu[-1]), 3, G=2, dtype=torch.float64), len(lens))
+    y, last, grads = _run(inputs, backend, True, cu_seqlens=cu)
+    assert last.shape == (len(lens), 2, 3)
+    assert_close(last[1], inputs["initial_state"][1].detach(), name="empty sequence's last state")
+    _compare((y, last, grads), _run(inputs, "reference", True, cu_seqlens=cu), torch.float64)
+    g = torch.Generator().manual_seed(1)                                      # _run's output weights
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    gl = torch.randn(last.shape, generator=g, dtype=torch.float64)
+    names = [k for k, v in inputs.items() if v is not None]
+    leaves = [inputs[k] for k in names]
+    sep_loss = 0
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        if e == s:
+            sep_loss = sep_loss + (inputs["initial_state"][i] * gl[i]).sum()
+            continue
+        part = {k: (v[..., s:e] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
+        part["initial_state"] = inputs["initial_state"][i:i + 1]
+        yi, li = selective_scan(**part, delta_softplus=True, return_last_state=True, backend="reference")
+        assert_close(y[..., s:e], yi, name=f"y of sequence {i}")
+        assert_close(last[i], li[0], name=f"last state of sequence {i}")
+        sep_loss = sep_loss + (yi * gy[..., s:e]).sum() + (li[0] * gl[i]).sum()
+    for k, e in zip(names, torch.autograd.grad(sep_loss, leaves)):
+        assert_close(grads[k], e, name=f"d{k} packed vs separate")
+
+
+@pytest.mark.parametrize("h0", [False, True])
+@pytest.mark.parametrize("d,N", [(16, 16), (16, 9), (13, 9), (16, 32), (16, 250)])
+def test_cu_seqlens_blocked_kernel(cpu_backend, d, N, h0):
     """Packed sequences on the channel-blocked kernels (float32, 16 channels), forward and gradients; N = 9
-    runs padded to 16 (the per-sequence last states and their gradients too), d = 13 padded to 16."""
-    cu = torch.tensor([0, 5, 5, 75, 76, 90], dtype=torch.int32)
+    runs padded to 16 (the per-sequence last states and their gradients too), d = 13 padded to 16, N = 32 and
+    250 in slabs of 32 state entries; with h0, from one initial state per sequence (starts in the middle of
+    the 64-step chunks, at a chunk's first step (64) and on consecutive steps)."""
+    cu = torch.tensor([0, 5, 5, 64, 75, 76, 90], dtype=torch.int32)
     inputs = _inputs(1, d, 90, N, G=1, dtype=torch.float32)
+    if h0:
+        inputs = _with_seq_states(inputs, cu.numel() - 1)
     _compare(_run(inputs, cpu_backend, True, cu_seqlens=cu), _run(inputs, "reference", True, cu_seqlens=cu, cast=torch.float64),
              torch.float32)
 
@@ -683,6 +727,8 @@ def test_state_update_gradients_match_reference():
 
 def _gradcheck(backend, softplus, cu=None, G=None, h0=False):
     inputs = _inputs(1, 2 if G else 1, 4, 2, G=G, dtype=torch.float64, seed=4, softplus=softplus, h0=h0)
+    if h0 and cu is not None:                                  # one initial state per packed sequence
+        inputs = _with_seq_states(inputs, cu.numel() - 1)
     names = [k for k, v in inputs.items() if v is not None]
 
     def f(*xs):
@@ -705,6 +751,10 @@ def test_gradcheck_float64_packed(backend):
 
 def test_gradcheck_float64_initial_state(backend):
     _gradcheck(backend, True, h0=True)
+
+
+def test_gradcheck_float64_packed_initial_states(backend):
+    _gradcheck(backend, True, cu=torch.tensor([0, 1, 1, 4], dtype=torch.int64), h0=True)
 
 
 def test_bfloat16_input(backend):
@@ -778,7 +828,7 @@ def test_custom_op_is_registered_and_passes_opcheck(d, N, G):
     (dict(initial_state=torch.randn(4, 3)), "'initial_state'"),
     (dict(initial_state=torch.zeros(2, 4, 3, dtype=torch.int64)), "'initial_state'"),
     (dict(initial_state=torch.zeros(1, 4, 3), u=torch.randn(1, 4, 9), delta=torch.rand(1, 4, 9), B=torch.randn(1, 3, 9),
-          C=torch.randn(1, 3, 9), cu_seqlens=torch.tensor([0, 4, 9])), "'initial_state' and 'cu_seqlens'"),
+          C=torch.randn(1, 3, 9), cu_seqlens=torch.tensor([0, 4, 9])), r"'initial_state'.*n_seqs.*\(2, 4, 3\)"),
 ])
 def test_bad_inputs_raise_value_error(bad, match):
     args = dict(u=torch.randn(2, 4, 9), delta=torch.rand(2, 4, 9), A=-torch.rand(4, 3), B=torch.randn(2, 3, 9),
