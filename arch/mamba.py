@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_mixer
-from .state import check_mixer_input, check_state, conv_window, mixer_seq_idx, state_dtype
+from .state import check_mixer_input, check_state, conv_window, mixer_packing, state_dtype, state_rows
 from .time_major import linear_from_time_major, time_major_linear
 
 __all__ = ["Mamba", "init_dt_bias"]
@@ -93,14 +93,16 @@ class Mamba(nn.Module):
         """x (B, T, d_model) -> y (B, T, d_model), new state (the input state is not modified).
 
         Packed sequences (keyword only; they never leak into each other): ``seq_idx`` (B, T) int,
-        mamba_ssm's Mamba-2 convention, or ``cu_seqlens`` (batch 1, flash-attn convention). A state
-        applies to a row's tokens of sequence 0; the returned state is each row's last sequence's."""
+        mamba_ssm's Mamba-2 convention: a state (one per row) applies to a row's tokens of sequence 0, the
+        returned state is each row's last sequence's; or ``cu_seqlens`` (batch 1, flash-attn convention):
+        states are per sequence, (n_seqs, ...) in and out (``arch/state.py``)."""
         check_mixer_input("Mamba", x, self.d_model)
         B, T, _ = x.shape
+        packing = mixer_packing("Mamba", x, seq_idx, cu_seqlens)
         if state is not None:
-            check_state(state, batch_size=B, keys=("conv_state", "ssm_state"), owner="Mamba")
-        seq_idx = mixer_seq_idx("Mamba", x, seq_idx, cu_seqlens)
-        if state is not None and T == 1 and seq_idx is None:
+            n, rows = state_rows(x, packing)
+            check_state(state, batch_size=n, keys=("conv_state", "ssm_state"), owner="Mamba", rows=rows)
+        if state is not None and T == 1 and not packing:
             y, new_state = self._step(x[:, 0], state)
             return y[:, None], new_state
         from parazoo.ops import causal_conv1d, selective_scan
@@ -111,18 +113,18 @@ class Mamba(nn.Module):
         xs, z = xz.chunk(2, dim=1)                                            # (B, d_inner, T)
         w = self.conv1d.weight[:, 0]                                          # (d_inner, d_conv)
         prev = None if state is None else state["conv_state"].to(xs.dtype)
-        init = None if prev is None else prev[:, :, 1:]                       # (B, d_inner, d_conv - 1)
-        xc = causal_conv1d(xs, w, self.conv1d.bias, activation="silu", initial_states=init, seq_idx=seq_idx)
+        init = None if prev is None else prev[:, :, 1:]                       # (B or n_seqs, d_inner, d_conv - 1)
+        xc = causal_conv1d(xs, w, self.conv1d.bias, activation="silu", initial_states=init, **packing)
         dbc = self._from_time_major(self.x_proj, xc)                          # (B, T, dt_rank + 2N)
         dt_low, Bm, Cm = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = time_major_linear(dt_low, self.dt_proj.weight)                   # (B, d_inner, T), bias in the scan
         Bm, Cm = Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()  # (B, N, T)
         A, D, dt_bias = self._ssm_params()
-        h0 = None if state is None else state["ssm_state"]                   # (B, d_inner, N)
+        h0 = None if state is None else state["ssm_state"]                   # (B or n_seqs, d_inner, N)
         y, last = selective_scan(xc, dt, A, Bm, Cm, D, z=z, delta_bias=dt_bias, delta_softplus=True,
                                  return_last_state=True, initial_state=h0,
-                                 seq_idx=seq_idx)                            # (B, d_inner, T), (B, d_inner, N)
-        new_state = {"conv_state": conv_window(xs, prev, self.d_conv, seq_idx), "ssm_state": last}
+                                 **packing)                                  # (B, d_inner, T), (B or n_seqs, d_inner, N)
+        new_state = {"conv_state": conv_window(xs, prev, self.d_conv, **packing), "ssm_state": last}
         return self._from_time_major(self.out_proj, y), new_state
 
     @staticmethod

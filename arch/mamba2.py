@@ -32,7 +32,7 @@ from parazoo.ops._cpu_transpose import transpose_copy
 from .mamba import init_dt_bias
 from .norms import GatedRMSNorm
 from .registry import register_mixer
-from .state import check_mixer_input, check_state, conv_window, mixer_seq_idx, state_dtype
+from .state import check_mixer_input, check_state, conv_window, mixer_packing, state_dtype, state_rows
 
 __all__ = ["Mamba2"]
 
@@ -122,14 +122,17 @@ class Mamba2(nn.Module):
         """x (B, T, d_model) -> y (B, T, d_model), new state (the input state is not modified).
 
         Packed sequences (keyword only; they never leak into each other): ``seq_idx`` (B, T) int, as
-        mamba_ssm's Mamba2.forward takes it, or ``cu_seqlens`` (batch 1, flash-attn convention). A state
-        applies to a row's tokens of sequence 0; the returned state is each row's last sequence's."""
+        mamba_ssm's Mamba2.forward takes it: a state (one per row) applies to a row's tokens of sequence 0,
+        the returned state is each row's last sequence's; or ``cu_seqlens`` (batch 1, flash-attn
+        convention): states are per sequence, (n_seqs, ...) in and out, as mamba_ssm's varlen prefill
+        returns them (``arch/state.py``)."""
         check_mixer_input("Mamba2", x, self.d_model)
         Bsz, T, _ = x.shape
-        seq_idx = mixer_seq_idx("Mamba2", x, seq_idx, cu_seqlens)
+        packing = mixer_packing("Mamba2", x, seq_idx, cu_seqlens)
         if state is not None:
-            check_state(state, batch_size=Bsz, keys=("conv_state", "ssm_state"), owner="Mamba2")
-            if T == 1 and seq_idx is None:
+            n, rows = state_rows(x, packing)
+            check_state(state, batch_size=n, keys=("conv_state", "ssm_state"), owner="Mamba2", rows=rows)
+            if T == 1 and not packing:
                 y, new_state = self._step(x[:, 0], state)
                 return y[:, None], new_state
         from parazoo.ops import causal_conv1d, ssd_scan
@@ -140,9 +143,9 @@ class Mamba2(nn.Module):
         # slower than these), and a transposed conv output would hand ssd_scan x, B, C with element stride T.
         xbc_t = _TransposeCopy.apply(xbc)                                     # (B, conv_dim, T)
         prev = None if state is None else state["conv_state"].to(xbc.dtype)
-        init = None if prev is None else prev[:, :, 1:]                       # (B, conv_dim, d_conv - 1)
+        init = None if prev is None else prev[:, :, 1:]                       # (B or n_seqs, conv_dim, d_conv - 1)
         xc = causal_conv1d(xbc_t, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
-                           initial_states=init, seq_idx=seq_idx)
+                           initial_states=init, **packing)
         xc = _TransposeCopy.apply(xc)                                         # (B, T, conv_dim)
         xs, Bm, Cm = self._split_xbc(xc)
         H, P, G, N = self.nheads, self.headdim, self.ngroups, self.d_state
@@ -150,9 +153,9 @@ class Mamba2(nn.Module):
         y, last = ssd_scan(xs.reshape(Bsz, T, H, P), dt, A, Bm.reshape(Bsz, T, G, N), Cm.reshape(Bsz, T, G, N),
                            self.chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True,
                            initial_states=None if state is None else state["ssm_state"],
-                           return_final_states=True, seq_idx=seq_idx)         # (B, T, H, P), (B, H, P, N)
+                           return_final_states=True, **packing)   # (B, T, H, P), (B or n_seqs, H, P, N)
         y = self._gate(y.reshape(Bsz, T, self.d_inner), z)
-        return self.out_proj(y), {"conv_state": conv_window(xbc_t, prev, self.d_conv, seq_idx), "ssm_state": last}
+        return self.out_proj(y), {"conv_state": conv_window(xbc_t, prev, self.d_conv, **packing), "ssm_state": last}
 
     def _step(self, x: torch.Tensor, state: dict):
         """One token x (B, d_model) from ``state``; returns y (B, d_model) and the new state."""

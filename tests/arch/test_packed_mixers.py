@@ -1,6 +1,7 @@
 """Packed sequences through the mamba and mamba2 mixers (``seq_idx`` / ``cu_seqlens`` keywords of
-forward): every sequence equals the mixer run on it alone (output, returned state, every gradient),
-the returned state continues a row's last sequence, and a state applies to a row's sequence 0."""
+forward): every sequence equals the mixer run on it alone (output, returned state, every gradient).
+With seq_idx the returned state continues a row's last sequence and a state applies to a row's
+sequence 0; with cu_seqlens states are per sequence, in and out."""
 import pytest
 import torch
 
@@ -76,25 +77,62 @@ def test_packed_equals_each_sequence_separately(name, with_state, seq_idx):
         assert_close(a, e, name=f"{name}: d{n} packed vs separate")
 
 
+# five packed documents: one shorter than the conv window (2), an empty one, one of a single token
+CU = torch.tensor([0, 4, 4, 10, 12, 13], dtype=torch.int32)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("name", ["mamba", "mamba2"])
-def test_cu_seqlens_is_seq_idx_and_state_continues_last_sequence(name):
-    """cu_seqlens (batch 1, an empty sequence among them) equals the same packing as seq_idx; decoding from the
-    returned state equals the row's last sequence followed by the new tokens in one run."""
+def test_cu_seqlens_states_are_per_sequence(name, with_state):
+    """cu_seqlens: sequence i continues state[i] and returns its own state (an empty one returns its input
+    state); y, every state and every gradient (the input states' too) equal each document run alone."""
     m = _mixer(name)
-    x = _x(1, 12)
-    cu = torch.tensor([0, 4, 4, 10, 12], dtype=torch.int32)
-    y, st = m(x, cu_seqlens=cu)
-    y2, st2 = m(x, seq_idx=torch.tensor([[0] * 4 + [2] * 6 + [3] * 2]))
-    assert_close(y, y2, name="y, cu_seqlens vs seq_idx")
-    for k in st:
-        assert_close(st[k], st2[k], name=f"state[{k!r}], cu_seqlens vs seq_idx")
-    nxt = _x(1, 3, seed=4)
-    outs = []
-    for t in range(3):                                           # decode steps from the packed state
-        out, st = m(nxt[:, t:t + 1], st)
-        outs.append(out)
-    want, _ = m(torch.cat([x[:, 10:], nxt], dim=1))              # the last sequence (2 tokens) + the new ones
-    assert_close(torch.cat(outs, 1), want[:, 2:], name=f"{name}: decoding after the packed prefill")
+    n = CU.numel() - 1
+    x = _x(1, int(CU[-1])).requires_grad_()
+    state = {k: v.requires_grad_() for k, v in _state(name, n).items()} if with_state else None
+    y, st = m(x, state, cu_seqlens=CU)
+    assert all(v.shape[0] == n for v in st.values())
+    g = torch.Generator().manual_seed(3)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    gs = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in st.items()}
+    leaves = [x, *m.parameters(), *(state.values() if with_state else ())]
+    got = torch.autograd.grad((y * gy).sum() + sum((st[k] * gs[k]).sum() for k in st), leaves)
+    sep_loss = 0
+    for i, (s, e) in enumerate(zip(CU[:-1].tolist(), CU[1:].tolist())):
+        init = _row_state(state, i)
+        if e == s:                                               # no token: the state passes through
+            st_i = init if with_state else {k: torch.zeros_like(v[:1]) for k, v in st.items()}
+        else:
+            y_i, st_i = m(x[:, s:e], init)
+            assert_close(y[:, s:e], y_i, name=f"{name}: y of sequence {i}")
+            sep_loss = sep_loss + (y_i * gy[:, s:e]).sum()
+        for k in st:
+            assert_close(st[k][i:i + 1], st_i[k], name=f"{name}: state[{k!r}] of sequence {i}")
+            sep_loss = sep_loss + (st_i[k] * gs[k][i:i + 1]).sum()
+    names = ["x"] + [p for p, _ in m.named_parameters()] + ([f"state[{k!r}]" for k in state] if with_state else [])
+    for nm, a, e in zip(names, got, torch.autograd.grad(sep_loss, leaves)):
+        assert e.abs().max() > 0, f"{name}: gradient of {nm} is identically zero: the check could not fail"
+        assert_close(a, e, name=f"{name}: d{nm} packed vs separate")
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_decoding_every_document_after_a_packed_prefill(name):
+    """A packed prefill of documents (from their own states) leaves a state per document; decoding them as one
+    batch equals each document prefilled and decoded alone."""
+    m = _mixer(name)
+    n = CU.numel() - 1
+    x, nxt = _x(1, int(CU[-1])), _x(n, 3, seed=4)
+    state0 = _state(name, n)
+    with torch.no_grad():
+        _, st = m(x, state0, cu_seqlens=CU)
+        outs = []
+        for t in range(3):
+            out, st = m(nxt[:, t:t + 1], st)
+            outs.append(out)
+        got = torch.cat(outs, 1)                                 # (n, 3, d)
+        for i, (s, e) in enumerate(zip(CU[:-1].tolist(), CU[1:].tolist())):
+            want, _ = m(torch.cat([x[:, s:e], nxt[i:i + 1]], dim=1), _row_state(state0, i))
+            assert_close(got[i:i + 1], want[:, e - s:], name=f"{name}: decoding document {i}")
 
 
 @pytest.mark.parametrize("name", ["mamba", "mamba2"])
@@ -123,3 +161,10 @@ def test_boundaries_cut_and_one_sequence_is_the_plain_call(name):
 def test_bad_packing_raises_value_error(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         _mixer(name)(_x(3, 13), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_cu_seqlens_state_of_another_size_is_refused(name):
+    """One state per packed sequence: a state with one row per batch row is refused, naming n_seqs."""
+    with pytest.raises(ValueError, match=r"batch size 1, but cu_seqlens holds n_seqs = 5"):
+        _mixer(name)(_x(1, 13), _state(name, 1), cu_seqlens=CU)
