@@ -68,7 +68,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, delta_softplus, need_
     N = A.shape[1]
     nseq = 1 if cu_seqlens is None else cu_seqlens.shape[0] - 1
     dt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, h0)
-    chunk = _impl(backend).ckpt_chunk(u)
+    chunk = _impl(backend).ckpt_chunk(u, N)
     ckpt = u.new_empty((batch, dim, -(-L // chunk), N) if need_ckpt else (0,), dtype=dt)
     return torch.empty_like(u), u.new_empty(batch * nseq, dim, N, dtype=dt), ckpt
 

@@ -21,7 +21,7 @@ from . import cpu_torch
 from ._pointwise import compute_dtype, delta_bwd, delta_fwd, gate_bwd, gate_dz, gate_fwd
 from ._seqs import seq_meta
 from .cpu_block_kernel import MAX_NS, WIDTH, blk_lib, padded_state
-from .cpu_kernel import CHUNK, LIB
+from .cpu_kernel import LIB, chunk_for
 
 __all__ = ["selective_scan_fwd", "selective_scan_bwd", "compute_dtype", "ckpt_chunk"]
 
@@ -30,8 +30,9 @@ def _lib(u: torch.Tensor):
     return LIB.load() if u.device.type == "cpu" else None
 
 
-def ckpt_chunk(u: torch.Tensor) -> int:
-    return CHUNK if _lib(u) is not None else cpu_torch.CHUNK
+def ckpt_chunk(u: torch.Tensor, N: int) -> int:
+    """Checkpoint spacing (time steps) for u and state size N."""
+    return chunk_for(N) if _lib(u) is not None else cpu_torch.CHUNK
 
 
 def _c(t, dtype):
@@ -124,7 +125,8 @@ def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, start_id, end
     batch, dim, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
     u_, dl_, A_, D_, z_, db_, h0_ = (_c(t, dt) for t in (u, delta, A, D, z, delta_bias, h0))
-    nck = -(-L // CHUNK)
+    K = chunk_for(N)
+    nck = -(-L // K)
     blk = _blocked(u, A, B, C, dt)
     if blk is not None:                                                # state padded to ns entries, channels by plan
         blk, ns, plan = blk
@@ -139,7 +141,7 @@ def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, start_id, end
         blk.ss_fwd_blk_f32(ptr(u_), ptr(dl_), ptr(Ap), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_),
                            ptr(h0p), ptr(start_id), ptr(end_id), ptr(y), ptr(last),
                            ptr(ckpt) if need_ckpt else None,
-                           batch, dimp, L, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
+                           batch, dimp, L, GB, GC, nseq, K, int(softplus), torch.get_num_threads())
         # the last states and checkpoints keep dim channels and N entries (the op's contract): the backward pads
         # them again
         last = _unpad_ch(last[..., :N], plan, 2).contiguous()
@@ -152,7 +154,7 @@ def _c_fwd(lib, u, delta, A, B, C, D, z, delta_bias, h0, softplus, start_id, end
     getattr(lib, "ss_fwd_f64" if dt == torch.float64 else "ss_fwd_f32")(
         ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(h0_), ptr(start_id), ptr(end_id),
         ptr(y), ptr(last), ptr(ckpt) if need_ckpt else None,
-        batch, dim, L, N, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
+        batch, dim, L, N, GB, GC, nseq, K, int(softplus), torch.get_num_threads())
     return y, last, ckpt
 
 
@@ -188,7 +190,7 @@ def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, 
         blk.ss_bwd_blk_f32(ptr(u_), ptr(dl_), ptr(Ap), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(h0_),
                            ptr(start_id), ptr(end_id), ptr(ck), ptr(do_, strided=True), ptr(dlast_),
                            ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0),
-                           ptr(ddb_rows), batch, dimp, L, GB, GC, nseq, CHUNK, int(softplus),
+                           ptr(ddb_rows), batch, dimp, L, GB, GC, nseq, chunk_for(N), int(softplus),
                            torch.get_num_threads(), *do_.stride())
         ddb = _unpad_ch(ddb_rows.sum(0), plan, 0) if ddb_rows is not None else None
         du, ddelta, dz, dD = (_unpad_ch(t, plan, 1) for t in (du, ddelta, dz, dD))
@@ -198,7 +200,7 @@ def _c_bwd(lib, dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, softplus, 
             ptr(u_), ptr(dl_), ptr(A_), ptr(Bt), ptr(Ct), ptr(D_), ptr(z_), ptr(db_), ptr(h0_), ptr(start_id), ptr(end_id),
             ptr(ck), ptr(do_), ptr(dlast_),
             ptr(du), ptr(ddelta), ptr(dA), ptr(dBt), ptr(dCt), ptr(dD), ptr(dz), ptr(dh0),
-            batch, dim, L, N, GB, GC, nseq, CHUNK, int(softplus), torch.get_num_threads())
+            batch, dim, L, N, GB, GC, nseq, chunk_for(N), int(softplus), torch.get_num_threads())
     if ddb is None and delta_bias is not None:
         ddb = ddelta.sum((0, 2))
     return (du, ddelta, dA.sum(0)[:, :N], dBt[..., :N].transpose(-1, -2), dCt[..., :N].transpose(-1, -2),

@@ -47,7 +47,7 @@ faster for N = 8 .. 256.
 from __future__ import annotations
 
 from .._cpu_jit import CKernel, I64, PTR
-from .cpu_kernel import CHUNK, COMMON_SOURCE
+from .cpu_kernel import COMMON_SOURCE
 
 __all__ = ["BLK_LIB", "MAX_NS", "WIDTH", "blk_lib", "padded_state"]
 

@@ -30,9 +30,16 @@ from __future__ import annotations
 from .._cpu_jit import CKernel, I64, PTR
 from .._cpu_math import EXP_F32_SOURCE
 
-__all__ = ["LIB", "CHUNK", "COMMON_SOURCE"]
+__all__ = ["LIB", "chunk_for", "COMMON_SOURCE"]
 
-CHUNK = 64  # checkpoint spacing K (time steps)
+
+def chunk_for(N: int) -> int:
+    """Checkpoint spacing K (time steps) of the C kernels for state size N. The backward's per-chunk buffers
+    grow with K N (the blocked kernels' lane-wise dB / dC sums, K x NS vectors per block of a group, the
+    states and decays of a chunk): past N = 32 they outgrow L2 at K = 64. Forward+backward at K = 32 against
+    K = 64 (b1 d1536 L2048 float32, 2 threads, interleaved, session 12): N 64 0.82-0.90x (per-channel loops
+    0.90x), N 128 0.73x, N 256 0.96x; N 32 0.97x, N 16 0.99-1.09x (K = 16: N 64 1.02x, N 128 0.81x)."""
+    return 64 if N <= 32 else 32
 
 _COMMON = r"""
 #if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)

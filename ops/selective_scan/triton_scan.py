@@ -21,7 +21,7 @@ from .triton_fwd import BLOCK_T, FWD_BLOCK_D, NUM_WARPS, _ss_fwd_kernel
 __all__ = ["selective_scan_fwd", "selective_scan_bwd", "ckpt_chunk"]
 
 
-def ckpt_chunk(u: torch.Tensor) -> int:
+def ckpt_chunk(u: torch.Tensor, N: int) -> int:
     """Time tile = checkpoint spacing: BLOCK_T on GPU; 16 in the CPU interpreter, whose cost grows
     with the padded tile (same kernel code, the AOT specs compile the GPU value)."""
     return 16 if triton_interpret() and not u.is_cuda else BLOCK_T
@@ -50,7 +50,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, 
     start_id, end_id, nseq = seq_meta(cu_seqlens, L, u.device)
     h0_ = h0.to(dt).contiguous() if h0 is not None else None
     _, (u_, dl_, A_, B_, C_, D_, z_, db_) = _same_dtype(dt, u, delta, A, B, C, D, z, delta_bias)
-    bt = ckpt_chunk(u)
+    bt = ckpt_chunk(u, N)
     n_tiles = triton.cdiv(L, bt)
     y = torch.empty(batch, dim, L, dtype=u_.dtype, device=u.device)
     last = torch.zeros(batch, nseq, dim, N, dtype=dt, device=u.device)
@@ -76,7 +76,7 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, h0, sof
     h0_ = h0.to(dt).contiguous() if h0 is not None else None
     _, (u_, dl_, A_, B_, C_, D_, z_, db_, do_) = _same_dtype(dt, u, delta, A, B, C, D, z, delta_bias, dout)
     dlast_ = dlast.to(dt).contiguous() if dlast is not None else None
-    bt = ckpt_chunk(u)
+    bt = ckpt_chunk(u, N)
     n_tiles = triton.cdiv(L, bt)
     kw = dict(dtype=dt, device=u.device)
     du, ddelta = torch.empty(batch, dim, L, **kw), torch.empty(batch, dim, L, **kw)

@@ -109,6 +109,8 @@ BIG_CASES = {
     "T150_N3_blocked_padded": (2, 32, 150, 3, 2, 1, True, True, True, True),
     # N = 32: two 16-entry groups per transpose, four 8-entry parts in the reverse pass
     "T70_N32_blocked": (1, 16, 70, 32, None, None, True, True, True, True),
+    # N = 64: checkpoints every 32 steps (cpu_kernel.chunk_for), four chunks, the last one short
+    "T100_N64_blocked_chunk32": (1, 16, 100, 64, None, None, True, True, True, True),
     # N = 250: padded to MAX_NS = 256, eight slabs of 32 in the backward
     "T20_N250_blocked_max_state": (1, 16, 20, 250, None, None, True, True, True, True),
     # channels not a multiple of 16 per group: the blocked kernels run on channels zero-padded per group
@@ -796,16 +798,19 @@ def test_auto_backend_on_cpu_tensors_is_the_cpu_path():
     assert_close(selective_scan(**inputs), selective_scan(**inputs, backend="cpu"))
 
 
-@pytest.mark.parametrize("d,N,G", [(4, 3, 2), (16, 5, 1), (13, 5, 1)])
+@pytest.mark.parametrize("d,N,G", [(4, 3, 2), (16, 5, 1), (13, 5, 1), (16, 40, 1)])
 def test_custom_op_is_registered_and_passes_opcheck(d, N, G):
     """(16, 5, 1): the channel-blocked kernels on a padded state; the outputs keep N entries. (13, 5, 1):
-    on padded channels too; the outputs keep 13 channels."""
+    on padded channels too; the outputs keep 13 channels. (16, 40, 1): checkpoints every 32 steps, which the
+    fake's checkpoint shape must follow (L = 40: two chunks, one at 64)."""
     assert hasattr(torch.ops.parazoo, "selective_scan") and hasattr(torch.ops.parazoo, "selective_scan_bwd")
-    inputs = _inputs(1, d, 9, N, G=G, dtype=torch.float32)
+    inputs = _inputs(1, d, 40, N, G=G, dtype=torch.float32)
     h0 = torch.randn(1, d, N, requires_grad=True)
-    for init in (None, h0):                 # without and with an initial state
+    cu = torch.tensor([0, 7, 7, 40])
+    # without and with an initial state, and with one per packed sequence
+    for init, packed in ((None, None), (h0, None), (torch.randn(3, d, N, requires_grad=True), cu)):
         args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["z"],
-                inputs["delta_bias"], init, None, True, True, "cpu")
+                inputs["delta_bias"], init, packed, True, True, "cpu")
         torch.library.opcheck(torch.ops.parazoo.selective_scan.default, args,
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
