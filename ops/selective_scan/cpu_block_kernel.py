@@ -381,7 +381,6 @@ void ss_fwd_blk_f32(const float* u, const float* delta, const float* A, const fl
 #define SLAB (NS % 32 == 0 ? 32 : 16)                                   /* divides NS */
 #endif
 
-static const vf zeros_ns[NS];                                                     /* h_{t-1} at a sequence start */
 
 typedef struct {                                                                   /* one chunk of one block, (K, W) tiles */
     const float *tu, *tdl, *tsg, *tdy;
@@ -394,7 +393,7 @@ typedef struct {                                                                
 static inline __attribute__((always_inline)) void bwd_part(
     const int n0, const int s0, const int64_t t0, const int64_t nt,
     const vf* Av, vf Dd, const float* Bb, const float* Cb, const int32_t* start_id, const int32_t* end_id,
-    const float* dlast_b, const float* h0_b, float* dh0_b, int64_t seq_stride, const vf* H, const vf* Ab, BwdTiles T,
+    const float* dlast_b, float* dh0_b, int64_t seq_stride, const vf* H, const vf* Ab, BwdTiles T,
     vf* gst, vf* dAst, vf* dDst, vf* dbst, vf* aB)
 {
     vf g[NH], dA[NH];
@@ -407,12 +406,7 @@ static inline __attribute__((always_inline)) void bwd_part(
                 g[i][j] += dlast_b[end_id[t] * seq_stride + j * NS + n0 + i];
         const vf x = vload(T.tu + k * W), dlv = vload(T.tdl + k * W), dy = vload(T.tdy + k * W), dlx = dlv * x;
         const int32_t sid = start_id[t];
-        const vf* hp = (sid >= 0 ? zeros_ns : H + k * SLAB) + (n0 - s0);           /* h_{t-1} (h_{-1} at a start) */
-        vf hin[NH];
-        if (sid >= 0 && h0_b) {
-            for (int i = 0; i < NH; i++) for (int j = 0; j < W; j++) hin[i][j] = h0_b[sid * seq_stride + j * NS + n0 + i];
-            hp = hin;
-        }
+        const vf* hp = H + k * SLAB + (n0 - s0);                                    /* h_{t-1} (h_{-1} at a start) */
         const vf* ak = Ab + k * SLAB + (n0 - s0);                                   /* H, Ab: entries s0 .. */
         vf* bk = aB + k * NS + n0;
         const float* Bt = Bb + t * NS + n0;
@@ -489,7 +483,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
         const int64_t b0 = nblk * tid / nth, b1 = nblk * (tid + 1) / nth;         /* this thread's blocks */
         const int64_t SW = 2 * NS + 2;                                              /* per block: g, dA, dD, d bias */
         vf* st = (vf*)amalloc(sizeof(vf) * PB * SW);
-        vf* H = (vf*)amalloc(sizeof(vf) * (K + 1) * SLAB);                         /* h_{t0-1}, h_t0, ... of the chunk, one slab */
+        vf* H = (vf*)amalloc(sizeof(vf) * (K + 1) * SLAB);                         /* h_{t0-1}, h_t0, ... of the chunk, one slab (at a start h_{-1}) */
         vf* Ab = (vf*)amalloc(sizeof(vf) * K * SLAB);                              /* its decays */
         vf* accB = (vf*)amalloc(sizeof(vf) * PB * K * NS);                         /* (group, k, n), lane-wise */
         vf* accC = (vf*)amalloc(sizeof(vf) * PB * K * NS);
@@ -549,16 +543,12 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                             if (z) PREFETCH_ROWS(z + r0 * L, L, t0 - K, k, 0);      /* du, ddelta, dz: streamed out */
                         }
                         const vf dlv = vload(tdl + k * W), dlx = dlv * vload(tu + k * W), dy = vload(tdy + k * W);
-                        const vf* hp = H + k * SLAB;                                 /* h_{t-1} */
-                        vf hin[SLAB];
-                        if (start_id[t] >= 0) {                                      /* h_{-1} at a start */
-                            if (h0_b) {
-                                for (int q = 0; q < SLAB; q += 16)
-                                    rows_in(h0_b + start_id[t] * dim * NS + s0 + q, NS, hin + q);
-                                hp = hin;
-                            } else {
-                                hp = zeros_ns;
-                            }
+                        vf* hp = H + k * SLAB;                                       /* h_{t-1} */
+                        if (start_id[t] >= 0) {         /* h_{-1} at a start, in place of the last sequence's state */
+                            if (h0_b)                   /* (which nothing reads again), so the reverse pass reads it too */
+                                for (int q = 0; q < SLAB; q += 16) rows_in(h0_b + start_id[t] * dim * NS + s0 + q, NS, hp + q);
+                            else
+                                for (int n = 0; n < SLAB; n++) hp[n] = (vf){};
                         }
                         vf* hk = H + (k + 1) * SLAB;                                 /* entry n at [n - s0] */
                         vf* ak = Ab + k * SLAB;
@@ -579,7 +569,7 @@ void ss_bwd_blk_f32(const float* u, const float* delta, const float* A, const fl
                         }
                       }
                       for (int n0 = s0; n0 < s0 + SLAB; n0 += NH)
-                        bwd_part(n0, s0, t0, nt, Av, Dd, Bb, Cb, start_id, end_id, dl_b, h0_b, dh0_b, dim * NS, H, Ab, T, gst,
+                        bwd_part(n0, s0, t0, nt, Av, Dd, Bb, Cb, start_id, end_id, dl_b, dh0_b, dim * NS, H, Ab, T, gst,
                                  dAst, dDst, dbst, aB);
                     }
                     tile_out(tdu, L, t0, nt, du + r0 * L, 1);
